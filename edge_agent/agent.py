@@ -1,0 +1,153 @@
+"""Wiring of the data path: drivers -> scheduler -> queue -> writer -> SQLite -> forwarder.
+
+Start sink-first (buffer, forwarder, writer, then pollers) and stop source-first: stop
+polling, commit what is in memory, give the forwarder a bounded grace period to send the
+backlog, say goodbye on the status topic, close the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from edge_agent.buffer.store import BufferStore
+from edge_agent.buffer.writer import BufferWriter, QueueItem
+from edge_agent.config.model import AgentConfig, DeviceConfig
+from edge_agent.drivers.base import Driver
+from edge_agent.drivers.registry import DRIVERS, load
+from edge_agent.scheduler.poller import DevicePoller
+from edge_agent.telemetry.contract import status_payload, topics
+from edge_agent.uplink.forwarder import Connection, Forwarder
+
+__all__ = ["Agent", "run"]
+
+log = logging.getLogger(__name__)
+
+STATS_EVERY_S = 60.0
+
+
+@dataclass(slots=True)
+class _Tasks:
+    forwarder: asyncio.Task[None]
+    writer: asyncio.Task[None]
+    pollers: list[asyncio.Task[None]]
+    stats: asyncio.Task[None]
+
+
+class Agent:
+    """One running agent. Use ``async with Agent(config) as agent`` and ``agent.stop``."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="buffer")
+        self._queue: asyncio.Queue[QueueItem] = asyncio.Queue(config.buffer.queue_max_samples)
+        self.topics = topics(config.uplink.topic_prefix, config.gateway.site, config.gateway.id)
+        self.store: BufferStore | None = None
+        self.writer: BufferWriter | None = None
+        self.forwarder: Forwarder | None = None
+        self.pollers: list[DevicePoller] = []
+        self._tasks: _Tasks | None = None
+
+    async def __aenter__(self) -> Agent:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        config = self.config
+        loop = asyncio.get_running_loop()
+        drivers = [self._make_driver(d) for d in config.devices]  # before any I/O
+        self.store = await loop.run_in_executor(
+            self._executor, lambda: BufferStore(config.buffer.path,
+                                                durability=config.buffer.durability,
+                                                max_bytes=config.buffer.max_bytes))
+        stats = await loop.run_in_executor(self._executor, self.store.stats)
+        log.info("buffer %s: %d readings waiting to be sent, last sequence number %d",
+                 config.buffer.path, stats.readings, stats.last_seq)
+        self.forwarder = Forwarder(self.store, executor=self._executor, config=config.uplink,
+                                   gateway=config.gateway.id, site=config.gateway.site,
+                                   topics=self.topics, connect=self._connection)
+        self.writer = BufferWriter(self.store, self._queue, executor=self._executor,
+                                   commit_interval_s=config.buffer.commit_interval_s,
+                                   max_message_readings=config.buffer.max_message_readings,
+                                   on_commit=self.forwarder.notify)
+        self.pollers = [DevicePoller(d, drv, self._queue.put)
+                        for d, drv in zip(config.devices, drivers, strict=True)]
+        self._tasks = _Tasks(
+            forwarder=asyncio.create_task(self.forwarder.run(), name="forwarder"),
+            writer=asyncio.create_task(self.writer.run(), name="writer"),
+            pollers=[asyncio.create_task(p.run(), name=f"poll:{p.device.name}")
+                     for p in self.pollers],
+            stats=asyncio.create_task(self._log_stats(), name="stats"),
+        )
+        log.info("agent %s/%s started: %d devices, %d points", config.gateway.site,
+                 config.gateway.id, len(config.devices),
+                 sum(len(d.points) for d in config.devices))
+
+    async def stop(self) -> None:
+        tasks, self._tasks = self._tasks, None
+        if tasks is None:
+            return
+        tasks.stats.cancel()
+        for task in tasks.pollers:
+            task.cancel()
+        await asyncio.gather(*tasks.pollers, return_exceptions=True)
+        tasks.writer.cancel()  # commits what is still queued before it ends
+        await asyncio.gather(tasks.writer, return_exceptions=True)
+        assert self.forwarder is not None and self.store is not None
+        if self.forwarder.connected:
+            grace = self.config.uplink.shutdown_grace_s
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await self.forwarder.wait_drained()
+        tasks.forwarder.cancel()
+        await asyncio.gather(tasks.forwarder, tasks.stats, return_exceptions=True)
+        loop = asyncio.get_running_loop()
+        stats = await loop.run_in_executor(self._executor, self.store.stats)
+        await loop.run_in_executor(self._executor, self.store.close)
+        self._executor.shutdown(wait=True)
+        log.info("agent stopped: %d readings still buffered for the next start (up to "
+                 "sequence number %d)", stats.readings, stats.last_seq)
+
+    def _make_driver(self, device: DeviceConfig) -> Driver:
+        entry = DRIVERS[device.driver]
+        driver_class = load(entry.driver, extra=entry.extra)
+        driver: Driver = driver_class(device)
+        return driver
+
+    def _connection(self) -> Connection:
+        from edge_agent.uplink.mqtt import MqttConnection
+
+        gateway = self.config.gateway
+        return MqttConnection(self.config.uplink, will_topic=self.topics.status,
+                              will_payload=status_payload(gateway=gateway.id, site=gateway.site,
+                                                          state="offline",
+                                                          reason="connection lost"))
+
+    async def _log_stats(self) -> None:
+        while True:
+            await asyncio.sleep(STATS_EVERY_S)
+            assert self.writer and self.forwarder
+            down = [p.device.name for p in self.pollers if p.stats.state != "available"]
+            log.info("accepted %d readings, delivered %d, uplink %s, devices down: %s",
+                     self.writer.accepted_readings, self.forwarder.acked_readings,
+                     "connected" if self.forwarder.connected else "disconnected",
+                     ", ".join(down) or "none")
+
+
+async def run(config: AgentConfig, *, stop: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM/SIGINT (or until ``stop`` is set), then shut down cleanly."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    async with Agent(config):
+        await stop.wait()
+        log.info("stopping")

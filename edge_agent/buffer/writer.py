@@ -1,0 +1,87 @@
+"""The writer: drains the bounded in-memory queue into the SQLite buffer by group commit.
+
+Pollers put samples and device events on a bounded :class:`asyncio.Queue`; when it is full
+they wait, which is the backpressure that keeps memory bounded. The writer takes whatever
+arrived during one commit interval, encodes it into message bodies and commits them in
+one transaction on the store's own thread. A reading counts as accepted once that
+transaction committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from edge_agent.drivers.base import Sample
+from edge_agent.telemetry.contract import DeviceEvent, encode_body
+
+from .store import BufferStore, StoreError
+
+__all__ = ["BufferWriter", "QueueItem"]
+
+log = logging.getLogger(__name__)
+
+QueueItem = Sample | DeviceEvent
+
+
+class BufferWriter:
+    """Owns the path queue -> SQLite. Run :meth:`run` as a task; cancel it to stop after
+    a final drain (see :meth:`run`)."""
+
+    def __init__(self, store: BufferStore, queue: asyncio.Queue[QueueItem], *,
+                 executor: ThreadPoolExecutor, commit_interval_s: float,
+                 max_message_readings: int, on_commit: Callable[[], None]) -> None:
+        self._store = store
+        self._queue = queue
+        self._executor = executor
+        self._commit_interval_s = commit_interval_s
+        self._max_readings = max_message_readings
+        self._on_commit = on_commit
+        self.accepted_readings = 0
+        self.commits = 0
+        self.failed_commits = 0
+
+    async def run(self) -> None:
+        """Commit once per interval while items arrive. On cancellation, whatever is
+        already in the queue is committed before the cancellation propagates."""
+        try:
+            while True:
+                first = await self._queue.get()
+                # Group-commit window: let the pollers fill the queue for one interval.
+                await asyncio.sleep(self._commit_interval_s)
+                await self._commit([first, *self._drain()])
+        except asyncio.CancelledError:
+            pending = self._drain()
+            if pending:
+                await asyncio.shield(self._commit(pending))
+            raise
+
+    def _drain(self) -> list[QueueItem]:
+        items: list[QueueItem] = []
+        while True:
+            try:
+                items.append(self._queue.get_nowait())
+            except asyncio.QueueEmpty:
+                return items
+
+    async def _commit(self, items: list[QueueItem]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            readings = await loop.run_in_executor(self._executor, self._encode_and_store, items)
+        except StoreError as exc:
+            # The items are lost; they were never accepted. Say so loudly: this is a full
+            # disk or a broken card, and nothing else can be done here.
+            self.failed_commits += 1
+            log.error("could not commit %d samples to the buffer: %s", len(items), exc)
+            return
+        self.accepted_readings += readings
+        self.commits += 1
+        self._on_commit()
+
+    def _encode_and_store(self, items: list[QueueItem]) -> int:
+        bodies = encode_body(items, max_readings=self._max_readings)
+        self._store.append([(b.readings, b.body) for b in bodies], created=time.time())
+        return sum(b.readings for b in bodies)

@@ -1,0 +1,127 @@
+"""The validated configuration of one gateway, as typed, immutable values.
+
+Everything here has been checked by :mod:`edge_agent.config.loader` before any I/O.
+Driver-specific parts (a device's connection and points) are typed by the driver package
+that owns them; the core only relies on :class:`PointBase`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "AgentConfig",
+    "BufferConfig",
+    "DeviceConfig",
+    "Durability",
+    "GatewayConfig",
+    "MqttVersion",
+    "PointBase",
+    "Security",
+    "TlsConfig",
+    "UplinkConfig",
+]
+
+
+class Security(StrEnum):
+    """How the uplink is protected. ``plaintext`` must be chosen explicitly."""
+
+    TLS = "tls"
+    PLAINTEXT = "plaintext"
+
+
+class MqttVersion(StrEnum):
+    """MQTT protocol version. Only v5 tells the agent when the broker refused a publish."""
+
+    V5 = "5"
+    V311 = "3.1.1"
+
+
+class Durability(StrEnum):
+    """SQLite ``synchronous`` mode of the buffer (see docs/operations.md for the loss bound)."""
+
+    FULL = "full"
+    NORMAL = "normal"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GatewayConfig:
+    id: str
+    site: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsConfig:
+    ca_file: Path
+    """CA bundle that signs the broker's certificate; the broker is always verified."""
+    cert_file: Path
+    key_file: Path
+    server_name: str | None = None
+    """Name expected in the broker's certificate, when it differs from ``uplink.host``."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UplinkConfig:
+    host: str
+    port: int
+    security: Security
+    tls: TlsConfig | None
+    topic_prefix: str
+    client_id: str
+    mqtt_version: MqttVersion = MqttVersion.V5
+    keepalive_s: float = 30.0
+    max_inflight: int = 16
+    connect_timeout_s: float = 10.0
+    reconnect_initial_s: float = 1.0
+    reconnect_max_s: float = 60.0
+    shutdown_grace_s: float = 5.0
+    username: str | None = None
+    password: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BufferConfig:
+    path: Path
+    max_bytes: int = 1024**3
+    durability: Durability = Durability.NORMAL
+    commit_interval_s: float = 0.25
+    """Group-commit period: readings are accepted (durable) at most this long after polling."""
+    queue_max_samples: int = 4096
+    """Bound of the in-memory queue between pollers and the writer, in samples (blocks)."""
+    max_message_readings: int = 1000
+    """Readings per telemetry message (and per stored batch)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PointBase:
+    """What every driver's point has in common."""
+
+    name: str
+    interval_s: float
+    unit: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeviceConfig:
+    name: str
+    driver: str
+    """Registry name of the driver kind (``modbus_tcp``, ...)."""
+    connection: Any
+    """Driver-specific connection settings (a frozen dataclass of the driver package)."""
+    points: tuple[Any, ...]
+    """Driver-specific points, each a subclass of :class:`PointBase`."""
+    reconnect_initial_s: float = 1.0
+    reconnect_max_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentConfig:
+    gateway: GatewayConfig
+    uplink: UplinkConfig
+    buffer: BufferConfig
+    devices: tuple[DeviceConfig, ...]
+    log_level: str = "INFO"
+    source: str = "<memory>"
