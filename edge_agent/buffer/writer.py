@@ -47,16 +47,21 @@ class BufferWriter:
     async def run(self) -> None:
         """Commit once per interval while items arrive. On cancellation, whatever is
         already in the queue is committed before the cancellation propagates."""
+        taken: list[QueueItem] = []  # out of the queue, not yet committed
         try:
             while True:
-                first = await self._queue.get()
+                taken.append(await self._queue.get())
                 # Group-commit window: let the pollers fill the queue for one interval.
                 await asyncio.sleep(self._commit_interval_s)
-                await self._commit([first, *self._drain()])
+                taken.extend(self._drain())
+                items, taken = taken, []
+                # Shielded: once handed to the store, a batch is committed even if the
+                # writer is cancelled meanwhile.
+                await asyncio.shield(self._commit(items))
         except asyncio.CancelledError:
-            pending = self._drain()
-            if pending:
-                await asyncio.shield(self._commit(pending))
+            taken.extend(self._drain())
+            if taken:
+                await asyncio.shield(self._commit(taken))
             raise
 
     def _drain(self) -> list[QueueItem]:

@@ -11,6 +11,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from edge_agent.drivers.registry import DRIVERS, load
 
 from .model import (
@@ -191,6 +193,7 @@ def _parse_devices(cur: Cursor) -> tuple[DeviceConfig, ...] | None:
     names: dict[str, int] = {}
     ok = True
     for index, item in cur.items():
+        item = _labelled(item)
         device = _parse_device(item)
         if device is None:
             ok = False
@@ -207,18 +210,21 @@ def _parse_devices(cur: Cursor) -> tuple[DeviceConfig, ...] | None:
     return tuple(devices) if ok else None
 
 
+def _labelled(cur: Cursor) -> Cursor:
+    """Label a device's path with its name, for readable errors (``devices[2] (boiler)``)."""
+    if isinstance(cur.node, yaml.MappingNode):
+        for key_node, value_node in cur.node.value:
+            if key_node.value == "name" and isinstance(value_node, yaml.ScalarNode):
+                return cur.relabel(value_node.value)
+    return cur
+
+
 _DEVICE_KEYS = {"name", "driver", "connection", "points"}
 _DEVICE_OPTIONAL = {"interval_s", "reconnect_initial_s", "reconnect_max_s"}
 
 
 def _parse_device(cur: Cursor) -> DeviceConfig | None:
-    # Label the path with the device's name as early as possible, for readable errors.
     name: Any = MISSING
-    if hasattr(cur.node, "value") and isinstance(cur.node.value, list):
-        for key_node, value_node in cur.node.value:
-            if getattr(key_node, "value", None) == "name" and isinstance(
-                    getattr(value_node, "value", None), str):
-                cur = cur.relabel(value_node.value)
     keys = cur.mapping(required=_DEVICE_KEYS, optional=_DEVICE_OPTIONAL)
     if keys is None:
         return None

@@ -46,8 +46,10 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
+        if not self.path:
+            return f"line {self.line}: {self.message}" if self.line else self.message
         where = f"{self.path} (line {self.line})" if self.line is not None else self.path
-        return f"{where}: {self.message}" if self.path else self.message
+        return f"{where}: {self.message}"
 
 
 @dataclass(slots=True)
@@ -242,7 +244,7 @@ def load_yaml(text: str, source: str, problems: Problems) -> Cursor | None:
         node = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
-        problems.add("", mark.line + 1 if mark else None,
+        problems.add("", mark.line + 1 if mark is not None else None,
                      f"not valid YAML: {exc.problem}" + (f" {exc.context}" if exc.context else ""))
         return None
     except yaml.YAMLError as exc:
