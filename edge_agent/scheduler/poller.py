@@ -24,7 +24,7 @@ from edge_agent.config.model import DeviceConfig
 from edge_agent.drivers.base import DeviceError, DeviceUnavailable, Driver, Quality, Sample
 from edge_agent.telemetry.contract import DeviceEvent
 
-__all__ = ["DevicePoller", "DeviceStats", "PollGroup", "poll_groups"]
+__all__ = ["DevicePoller", "DeviceStats", "PollGroup", "jitter_figures", "next_tick", "poll_groups"]
 
 log = logging.getLogger(__name__)
 
@@ -96,13 +96,8 @@ class DevicePoller:
                 ok = await self._poll(index, loop.time() - due)
                 if not ok:
                     await self._reopen()
-                now = loop.time()
-                interval = self.groups[index].interval_s
-                next_due = due + interval
-                if next_due <= now:
-                    missed = math.floor((now - next_due) / interval) + 1
-                    self.stats.skipped_ticks += missed
-                    next_due += missed * interval
+                next_due, missed = next_tick(due, loop.time(), self.groups[index].interval_s)
+                self.stats.skipped_ticks += missed
                 heapq.heapreplace(heap, (next_due, index))
         finally:
             if self._open:
@@ -168,6 +163,16 @@ class DevicePoller:
         else:
             log.warning("device %s unavailable: %s", self.device.name, detail)
         await self._sink(DeviceEvent(self.device.name, self._clock(), state, detail))
+
+
+def next_tick(due: float, now: float, interval: float) -> tuple[float, int]:
+    """The next planned tick after the one ``due`` that is still ahead of ``now``, and how
+    many ticks were missed (passed while the last poll ran): skip, never burst."""
+    next_due = due + interval
+    if next_due > now:
+        return next_due, 0
+    missed = math.floor((now - next_due) / interval) + 1
+    return next_due + missed * interval, missed
 
 
 def _next_multiple(now: float, interval: float) -> float:
