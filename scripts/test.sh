@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what it needs, then runs pytest
+# against the installed package. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh dev
+# .venv/bin/pytest (not python -m pytest): the checkout must not shadow the installed wheel.
+# pytest exits non-zero (5) when no test ran; set -e makes that a failure here too.
+exec "${EDGE_AGENT_VENV:-.venv}/bin/pytest" "$@"
