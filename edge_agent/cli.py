@@ -77,6 +77,8 @@ def _run(config: AgentConfig) -> int:
 
     logging.basicConfig(level=config.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # pymodbus logs every connection at INFO; the agent logs device state changes itself.
+    logging.getLogger("pymodbus").setLevel(max(logging.WARNING, logging.root.level))
     try:
         asyncio.run(agent.run(config))
     except DriverMissing as exc:

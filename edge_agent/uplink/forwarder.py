@@ -71,6 +71,9 @@ class Forwarder:
         self._site = site
         self._topics = topics
         self._connect = connect
+        self._backoff = wait_exponential_jitter(initial=config.reconnect_initial_s,
+                                                max=config.reconnect_max_s,
+                                                jitter=config.reconnect_initial_s)
         self._wake = asyncio.Event()
         """Set on every commit and every acknowledgement: the pump has work to look at."""
         self._acked: list[int] = []
@@ -84,14 +87,13 @@ class Forwarder:
 
     def notify(self) -> None:
         """Called by the writer after each commit."""
+        self._idle.clear()
         self._wake.set()
 
     async def run(self) -> None:
         while True:
             retrying = AsyncRetrying(
-                wait=wait_exponential_jitter(initial=self._config.reconnect_initial_s,
-                                             max=self._config.reconnect_max_s,
-                                             jitter=self._config.reconnect_initial_s),
+                wait=self._wait,
                 retry=retry_if_exception_type(UplinkError),
                 before_sleep=self._log_retry,
                 reraise=True,
@@ -102,6 +104,15 @@ class Forwarder:
                         await self._session()
             except _SessionEnded:
                 continue
+
+    def _wait(self, state: RetryCallState) -> float:
+        """Exponential backoff with jitter; straight to the maximum delay for errors that
+        need someone to change a certificate or the broker (they are still retried: the
+        agent keeps buffering and must reconnect by itself once that is fixed)."""
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, UplinkError) and not exc.retryable:
+            return self._config.reconnect_max_s
+        return float(self._backoff(state))
 
     async def wait_drained(self) -> None:
         """Return once the buffer was seen empty with nothing in flight (for shutdown)."""
@@ -124,7 +135,6 @@ class Forwarder:
         try:
             async with self._connect() as conn:
                 self.connected = True
-                log.info("uplink connected to %s:%d", self._config.host, self._config.port)
                 await conn.publish(self._topics.status, status_payload(
                     gateway=self._gateway, site=self._site, state="online"), retain=True)
                 try:
