@@ -58,6 +58,12 @@ class Counter:
             return self.readings
 
 
+def rss_now(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return next(int(line.split()[1]) * 1024 for line in status.splitlines()
+                if line.startswith("VmRSS:"))
+
+
 def proc_figures(pid: int) -> tuple[float, int, int]:
     """CPU seconds (user+system, all threads), peak RSS bytes, bytes written to storage."""
     stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -72,7 +78,7 @@ def proc_figures(pid: int) -> tuple[float, int, int]:
 
 
 def config_text(*, ports: list[int], registers: int, interval: float, broker_port: int,
-                pki: Path, buffer: Path) -> str:
+                pki: Path, buffer: Path, commit_interval: float = 0.25) -> str:
     devices = "\n".join(f"""\
   - name: dev-{i}
     driver: modbus_tcp
@@ -91,7 +97,7 @@ uplink:
   tls: {{ca_file: {pki / 'ca.pem'}, cert_file: {pki / 'client.pem'}, key_file: {pki / 'client.key'}}}
 buffer:
   path: {buffer}
-  commit_interval_s: 0.25
+  commit_interval_s: {commit_interval}
   max_message_readings: 1000
 devices:
 {devices}
@@ -105,6 +111,8 @@ def main() -> int:
     parser.add_argument("--interval", type=float, default=0.05,
                         help="poll interval of every device (s); offered load is "
                         "devices*registers/interval readings/s")
+    parser.add_argument("--commit-interval", type=float, default=0.25,
+                        help="buffer.commit_interval_s of the agent")
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--seconds", type=float, default=20.0)
     args = parser.parse_args()
@@ -132,16 +140,19 @@ def main() -> int:
             config = work / "agent.yaml"
             config.write_text(config_text(ports=ports, registers=args.registers,
                                           interval=args.interval, broker_port=broker.tls_port,
-                                          pki=pki, buffer=work / "buffer.db"))
+                                          pki=pki, buffer=work / "buffer.db",
+                                          commit_interval=args.commit_interval))
             with Watcher(host="127.0.0.1", port=broker.tls_port, topic="bench/#",
                          ca_file=pki / "ca.pem", cert_file=pki / "client.pem",
                          key_file=pki / "client.key", on_message=counter, keep=False):
                 agent = subprocess.Popen([sys.executable, "-m", "edge_agent", "run", str(config)])
                 time.sleep(args.warmup)  # benchmark warm-up, not synchronisation
-                cpu0, _, written0 = proc_figures(agent.pid)
+                cpu0, hwm0, written0 = proc_figures(agent.pid)
+                rss0 = rss_now(agent.pid)
                 got0, t0 = counter.snapshot(), time.monotonic()
                 time.sleep(args.seconds)
                 cpu1, hwm, written1 = proc_figures(agent.pid)
+                rss1 = rss_now(agent.pid)
                 got1, t1 = counter.snapshot(), time.monotonic()
                 agent.send_signal(signal.SIGTERM)
                 agent.wait(timeout=60)
@@ -179,7 +190,8 @@ def main() -> int:
               "readings")
         print(f"  disk written          {(written1 - written0) / delivered:12.1f} bytes per "
               "reading")
-    print(f"  agent peak RSS        {hwm / 1e6:12.1f} MB")
+    print(f"  agent peak RSS        {hwm / 1e6:12.1f} MB (after warm-up {hwm0 / 1e6:.1f}; "
+          f"RSS at window start {rss0 / 1e6:.1f}, end {rss1 / 1e6:.1f})")
     print(f"  messages              {counter.messages:12,d} delivered, {counter.duplicates} "
           f"duplicates, {len(buffered)} still buffered ({buffered_readings} readings)")
     print(f"  lost (by sequence)    {len(missing):12,d} messages missing of {last_seq}")

@@ -48,6 +48,7 @@ class BufferWriter:
         """Commit once per interval while items arrive. On cancellation, whatever is
         already in the queue is committed before the cancellation propagates."""
         taken: list[QueueItem] = []  # out of the queue, not yet committed
+        committing: asyncio.Future[None] | None = None
         try:
             while True:
                 taken.append(await self._queue.get())
@@ -56,12 +57,15 @@ class BufferWriter:
                 taken.extend(self._drain())
                 items, taken = taken, []
                 # Shielded: once handed to the store, a batch is committed even if the
-                # writer is cancelled meanwhile.
-                await asyncio.shield(self._commit(items))
+                # writer is cancelled meanwhile (and the cancellation waits for it below).
+                committing = asyncio.ensure_future(self._commit(items))
+                await asyncio.shield(committing)
         except asyncio.CancelledError:
+            if committing is not None and not committing.done():
+                await committing
             taken.extend(self._drain())
             if taken:
-                await asyncio.shield(self._commit(taken))
+                await self._commit(taken)
             raise
 
     def _drain(self) -> list[QueueItem]:

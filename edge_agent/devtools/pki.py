@@ -40,7 +40,7 @@ class Pki:
 
 
 def make_pki(directory: Path) -> Pki:
-    """Write a fresh CA, broker and client certificates (and the unrelated set) into ``directory``."""
+    """Write a fresh CA with broker and client certificates (and the unrelated set)."""
     try:
         import trustme
     except ImportError as exc:  # pragma: no cover - depends on the installed extras

@@ -160,7 +160,8 @@ class Forwarder:
         try:
             async with asyncio.timeout(2.0):
                 await conn.publish(self._topics.status, payload, retain=True)
-        except (UplinkError, TimeoutError) as exc:
+        except (UplinkError, TimeoutError, RuntimeError) as exc:
+            # RuntimeError: the in-flight window is full; the will covers it on disconnect.
             log.debug("could not publish offline status at shutdown: %s", exc)
 
     async def _pump(self, conn: Connection) -> None:

@@ -1,0 +1,130 @@
+"""Shared fixtures: a throwaway PKI, real Mosquitto brokers on loopback, uplink configs, watchers.
+
+    def test_x(broker, uplink_config, watcher):
+        seen = watcher(broker, "city/#")             # subscribed (SUBACK received) on return
+        config = uplink_config(broker)              # mutual TLS to broker.tls_port
+        async with MqttConnection(config, will_topic=..., will_payload=...) as conn: ...
+        await seen.wait_for_async(1)                # bounded wait, loop keeps running
+
+Variants: ``broker_factory(acl=..., cert_file=..., plaintext=False)`` for another broker,
+``uplink_config(broker, security=Security.PLAINTEXT)``, ``uplink_config(broker, tls=...)``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_agent.config.model import Security, TlsConfig, UplinkConfig
+from edge_agent.devtools.broker import MosquittoBroker
+from edge_agent.devtools.pki import Pki, make_pki
+from edge_agent.devtools.watch import Watcher
+
+_ids = itertools.count(1)
+
+
+# Tests annotate these fixtures as Callable[..., MosquittoBroker] (and so on): with
+# --import-mode=importlib a test module cannot import from conftest.
+BrokerFactory = Callable[..., MosquittoBroker]
+UplinkConfigFactory = Callable[..., UplinkConfig]
+WatcherFactory = Callable[..., Watcher]
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """CA, broker and client certificates (plus an unrelated CA), made once per session."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def broker_factory(pki: Pki, tmp_path: Path) -> Iterator[BrokerFactory]:
+    """Start brokers (mutual TLS; plaintext listener by default); all stopped at teardown."""
+    started: list[MosquittoBroker] = []
+
+    def start(
+        *,
+        cert_file: Path | None = None,
+        key_file: Path | None = None,
+        plaintext: bool = True,
+        acl: str | None = None,
+        tls_version: str = "tlsv1.2",
+    ) -> MosquittoBroker:
+        broker = MosquittoBroker(
+            tmp_path / f"broker-{len(started) + 1}",
+            ca_file=pki.ca_file,
+            cert_file=cert_file or pki.server_cert,
+            key_file=key_file or pki.server_key,
+            plaintext=plaintext,
+            acl=acl,
+            tls_version=tls_version,
+        )
+        started.append(broker)
+        broker.start()
+        return broker
+
+    yield start
+    for broker in started:
+        broker.stop()
+
+
+@pytest.fixture
+def broker(broker_factory: BrokerFactory) -> MosquittoBroker:
+    """A running Mosquitto with a mutual-TLS listener and a plaintext one."""
+    return broker_factory()
+
+
+@pytest.fixture
+def uplink_config(pki: Pki) -> UplinkConfigFactory:
+    """Build an UplinkConfig for a broker: mutual TLS with the client certificate by default."""
+
+    def build(broker: MosquittoBroker, **overrides: Any) -> UplinkConfig:
+        security = overrides.pop("security", Security.TLS)
+        plaintext = security == Security.PLAINTEXT
+        port = broker.plain_port if plaintext else broker.tls_port
+        assert port is not None, "this broker has no plaintext listener"
+        values: dict[str, Any] = {
+            "host": broker.host,
+            "port": port,
+            "security": security,
+            "tls": None
+            if plaintext
+            else TlsConfig(ca_file=pki.ca_file, cert_file=pki.client_cert, key_file=pki.client_key),
+            "topic_prefix": "city",
+            "client_id": f"edge-agent-test-{next(_ids)}",
+            "connect_timeout_s": 10.0,
+        }
+        values.update(overrides)
+        return UplinkConfig(**values)
+
+    return build
+
+
+@pytest.fixture
+def watcher(pki: Pki) -> Iterator[WatcherFactory]:
+    """Subscribe a platform-side watcher to a broker; subscribed on return, stopped at teardown."""
+    running: list[Watcher] = []
+
+    def start(broker: MosquittoBroker, topic: str = "#", *, plaintext: bool = False) -> Watcher:
+        if plaintext:
+            assert broker.plain_port is not None
+            w = Watcher(host=broker.host, port=broker.plain_port, topic=topic)
+        else:
+            w = Watcher(
+                host=broker.host,
+                port=broker.tls_port,
+                topic=topic,
+                ca_file=pki.ca_file,
+                cert_file=pki.client_cert,
+                key_file=pki.client_key,
+            )
+        w.start()
+        running.append(w)
+        return w
+
+    yield start
+    for w in running:
+        w.stop()
