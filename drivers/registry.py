@@ -23,6 +23,10 @@ class DriverEntry:
     """``module:class`` of the driver, constructed with the validated device config."""
     extra: str | None = None
     """pip extra that provides the protocol library, when it is optional."""
+    check_devices: str | None = None
+    """Optional ``module:function(devices) -> list[tuple[int, str]]`` run once over all
+    validated devices of this kind (for rules across devices, such as every device on one
+    serial bus agreeing on its baud rate); each result names a device index and a problem."""
 
 
 DRIVERS: dict[str, DriverEntry] = {

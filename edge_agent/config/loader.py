@@ -205,9 +205,28 @@ def _parse_devices(cur: Cursor) -> tuple[DeviceConfig, ...] | None:
             continue
         names[device.name] = index
         devices.append(device)
-    if isinstance(cur.node, object) and ok and not devices and not cur.problems:
+    if ok and not devices and not cur.problems:
         cur.error("no devices configured: add at least one device")
+    if ok:
+        ok = _check_across_devices(cur, devices, names)
     return tuple(devices) if ok else None
+
+
+def _check_across_devices(cur: Cursor, devices: list[DeviceConfig], index_of: dict[str, int]
+                          ) -> bool:
+    """Run each driver kind's cross-device rules; report problems at the device."""
+    items = dict(cur.items())
+    ok = True
+    for kind in sorted({d.driver for d in devices}):
+        entry = DRIVERS[kind]
+        if entry.check_devices is None:
+            continue
+        of_kind = [d for d in devices if d.driver == kind]
+        for position, message in load(entry.check_devices)(of_kind):
+            index = index_of[of_kind[position].name]
+            _labelled(items[index]).error(message)
+            ok = False
+    return ok
 
 
 def _labelled(cur: Cursor) -> Cursor:

@@ -5,7 +5,10 @@ another one. Ticks are planned from the schedule (``anchor + k * interval``), no
 when the last poll ended, so polling does not drift; a tick that is already past when the
 previous poll returns is skipped and counted, never burst. A failed read produces
 bad-quality samples and a device-state event on the transition, then the device is
-reopened with capped exponential backoff.
+reopened with capped exponential backoff per consecutive failure (a device that accepts
+connections but never answers is polled less and less often, up to ``reconnect_max_s``).
+The device is *available* once a poll got an answer, *unavailable* after a failed poll or
+open; each change is logged and reported once.
 """
 
 from __future__ import annotations
@@ -78,6 +81,8 @@ class DevicePoller:
         self._plans: list[Any] = [driver.plan(g.names) for g in self.groups]
         self.stats = DeviceStats()
         self._open = False
+        self._failures = 0
+        """Consecutive failed polls and opens; sets the backoff, reset by a good poll."""
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -104,6 +109,7 @@ class DevicePoller:
                 await self._close()
 
     async def _poll(self, index: int, late_s: float) -> bool:
+        """One poll of a group; False when the connection must be reopened."""
         group = self.groups[index]
         self.stats.polls += 1
         if len(self.stats.late_s) < 4096:
@@ -112,38 +118,45 @@ class DevicePoller:
             async with asyncio.timeout(READ_GUARD_S):
                 samples = await self._driver.read(self._plans[index])
         except (DeviceError, TimeoutError) as exc:
-            await self._failed(group, exc)
-            return not isinstance(exc, DeviceUnavailable | TimeoutError)
+            reason = _reason(exc)
+            self.stats.failed_polls += 1
+            self.stats.last_error = reason
+            await self._sink(Sample(self.device.name, self._clock(), Quality.BAD, group.names,
+                                    [None] * len(group.names), reason))
+            if isinstance(exc, DeviceUnavailable | TimeoutError):
+                self._failures += 1
+                await self._set_state("unavailable", reason)
+                return False
+            return True
+        # The device answered: it is available, whatever the quality of single blocks.
+        self._failures = 0
+        await self._set_state("available", None)
         for sample in samples:
             await self._sink(sample)
         return True
 
-    async def _failed(self, group: PollGroup, exc: BaseException) -> None:
-        self.stats.failed_polls += 1
-        reason = _reason(exc)
-        self.stats.last_error = reason
-        await self._sink(Sample(self.device.name, self._clock(), Quality.BAD, group.names,
-                                [None] * len(group.names), reason))
-
     async def _reopen(self) -> None:
-        """(Re)open the driver, backing off exponentially (with jitter) while it fails."""
+        """(Re)open the driver after a failure, backing off exponentially (with jitter) per
+        consecutive failure, so a dead device costs little and never floods its link."""
         if self._open:
             await self._close()
-            await self._set_state("unavailable", self.stats.last_error)
-        delay = self.device.reconnect_initial_s
         while True:
+            if self._failures:
+                await asyncio.sleep(self._backoff_s())
             try:
                 await self._driver.open()
             except DeviceError as exc:
-                self.stats.last_error = _reason(exc)
+                self._failures += 1
                 self.stats.reconnects += 1
+                self.stats.last_error = _reason(exc)
                 await self._set_state("unavailable", self.stats.last_error)
-                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-                delay = min(delay * 2, self.device.reconnect_max_s)
                 continue
             self._open = True
-            await self._set_state("available", None)
             return
+
+    def _backoff_s(self) -> float:
+        delay = self.device.reconnect_initial_s * 2 ** min(self._failures - 1, 30)
+        return min(delay, self.device.reconnect_max_s) * random.uniform(0.8, 1.2)
 
     async def _close(self) -> None:
         self._open = False
