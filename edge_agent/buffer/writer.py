@@ -43,6 +43,7 @@ class BufferWriter:
         self.accepted_readings = 0
         self.commits = 0
         self.failed_commits = 0
+        self._committed = asyncio.Condition()
 
     async def run(self) -> None:
         """Commit once per interval while items arrive. On cancellation, whatever is
@@ -89,6 +90,13 @@ class BufferWriter:
         self.accepted_readings += readings
         self.commits += 1
         self._on_commit()
+        async with self._committed:
+            self._committed.notify_all()
+
+    async def wait_for_commits(self, count: int) -> None:
+        """Return once at least ``count`` commits happened since start (for tests and tools)."""
+        async with self._committed:
+            await self._committed.wait_for(lambda: self.commits >= count)
 
     def _encode_and_store(self, items: list[QueueItem]) -> int:
         bodies = encode_body(items, max_readings=self._max_readings)

@@ -131,6 +131,23 @@ class Watcher:
                 )
             return list(self._messages)
 
+    def wait_until(self, predicate: Callable[[list[Received]], bool], *,
+                   timeout_s: float | None = None, what: str = "the condition") -> list[Received]:
+        """Block until ``predicate(messages)`` holds (re-checked on every message)."""
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        with self._changed:
+            if not self._changed.wait_for(lambda: predicate(self._messages), timeout):
+                raise TimeoutError(f"watcher: {what} not met within {timeout:g} s "
+                                   f"({self.count} messages on {self.topic!r})")
+            return list(self._messages)
+
+    async def wait_until_async(self, predicate: Callable[[list[Received]], bool], *,
+                               timeout_s: float | None = None, what: str = "the condition"
+                               ) -> list[Received]:
+        """:meth:`wait_until` without blocking the event loop."""
+        return await asyncio.to_thread(self.wait_until, predicate, timeout_s=timeout_s,
+                                       what=what)
+
     async def wait_for_async(
         self, count: int, *, timeout_s: float | None = None
     ) -> list[Received]:

@@ -71,7 +71,7 @@ class Forwarder:
         self._site = site
         self._topics = topics
         self._connect = connect
-        self._backoff = wait_exponential_jitter(initial=config.reconnect_initial_s,
+        self._backoff = wait_exponential_jitter(multiplier=config.reconnect_initial_s,
                                                 max=config.reconnect_max_s,
                                                 jitter=config.reconnect_initial_s)
         self._wake = asyncio.Event()
