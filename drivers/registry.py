@@ -33,6 +33,17 @@ DRIVERS: dict[str, DriverEntry] = {
     "modbus_tcp": DriverEntry(
         config_parser="edge_agent.drivers.modbus.config:parse_tcp_device",
         driver="edge_agent.drivers.modbus.driver:ModbusDriver",
+        check_devices="edge_agent.drivers.modbus.config:check_devices",
+    ),
+    "modbus_rtu": DriverEntry(
+        config_parser="edge_agent.drivers.modbus.config:parse_rtu_device",
+        driver="edge_agent.drivers.modbus.driver:ModbusDriver",
+        check_devices="edge_agent.drivers.modbus.config:check_devices",
+    ),
+    "modbus_rtu_over_tcp": DriverEntry(
+        config_parser="edge_agent.drivers.modbus.config:parse_rtu_over_tcp_device",
+        driver="edge_agent.drivers.modbus.driver:ModbusDriver",
+        check_devices="edge_agent.drivers.modbus.config:check_devices",
     ),
 }
 

@@ -133,7 +133,7 @@ def test_unknown_driver(tmp_path: Path) -> None:
     """An unknown driver kind lists the known ones."""
     found = problems(BASE.replace("driver: modbus_tcp", "driver: modbus_tpc"), tmp_path)
     assert "devices[0] (meter).driver (line 10): unknown driver 'modbus_tpc'; known: " \
-           "modbus_tcp" in found
+           "modbus_rtu, modbus_rtu_over_tcp, modbus_tcp" in found
 
 
 def test_repeat_expands_consecutive_points(tmp_path: Path) -> None:

@@ -211,3 +211,167 @@ def test_encode_bool() -> None:
     p = point(0, T.BOOL, table=Table.COIL)
     assert encode_value(p, True) == [1]
     assert encode_value(p, False) == [0]
+
+
+# -- 64-bit values, strings, bits in registers, enums and bitfields ----------------------
+
+def point_kw(address: int, type_: DataType, order: ByteOrder = ByteOrder.ABCD,
+             **kwargs: object) -> ModbusPoint:
+    values: dict[str, object] = {"name": f"p{address}", "interval_s": 1.0,
+                                 "table": Table.HOLDING, "address": address, "type": type_,
+                                 "order": order}
+    values.update(kwargs)
+    return ModbusPoint(**values)
+
+
+# (type, order, registers as read, expected); bytes A..H most significant first.
+VECTORS_64 = [
+    # int64 -2 = FFFF FFFF FFFF FFFE
+    (T.INT64, BO.ABCD, [0xFFFF, 0xFFFF, 0xFFFF, 0xFFFE], -2),
+    (T.INT64, BO.CDAB, [0xFFFE, 0xFFFF, 0xFFFF, 0xFFFF], -2),
+    (T.INT64, BO.BADC, [0xFFFF, 0xFFFF, 0xFFFF, 0xFEFF], -2),
+    (T.INT64, BO.DCBA, [0xFEFF, 0xFFFF, 0xFFFF, 0xFFFF], -2),
+    # uint64 0x0123456789ABCDEF: AB=0123 CD=4567 EF=89AB GH=CDEF
+    (T.UINT64, BO.ABCD, [0x0123, 0x4567, 0x89AB, 0xCDEF], 0x0123456789ABCDEF),
+    (T.UINT64, BO.CDAB, [0xCDEF, 0x89AB, 0x4567, 0x0123], 0x0123456789ABCDEF),
+    (T.UINT64, BO.BADC, [0x2301, 0x6745, 0xAB89, 0xEFCD], 0x0123456789ABCDEF),
+    (T.UINT64, BO.DCBA, [0xEFCD, 0xAB89, 0x6745, 0x2301], 0x0123456789ABCDEF),
+    (T.UINT64, BO.ABCD, [0xFFFF] * 4, 2**64 - 1),
+    # float64 -1234.5 = C0 93 4A 00 00 00 00 00
+    (T.FLOAT64, BO.ABCD, [0xC093, 0x4A00, 0x0000, 0x0000], -1234.5),
+    (T.FLOAT64, BO.CDAB, [0x0000, 0x0000, 0x4A00, 0xC093], -1234.5),
+    (T.FLOAT64, BO.BADC, [0x93C0, 0x004A, 0x0000, 0x0000], -1234.5),
+    (T.FLOAT64, BO.DCBA, [0x0000, 0x0000, 0x004A, 0x93C0], -1234.5),
+]
+
+
+@pytest.mark.parametrize(("type_", "order", "words", "expected"), VECTORS_64)
+def test_decode_64_bit_vector(type_: DataType, order: ByteOrder, words: list[int],
+                              expected: float) -> None:
+    """64-bit types decode their hand-computed registers in each word/byte order."""
+    value = decode_one(point(0, type_, order), words)
+    assert value == expected and type(value) is type(expected)
+
+
+@pytest.mark.parametrize(("type_", "order", "words", "value"), VECTORS_64)
+def test_encode_64_bit_vector(type_: DataType, order: ByteOrder, words: list[int],
+                              value: float) -> None:
+    """encode_value gives the registers a device in that 64-bit order holds."""
+    assert encode_value(point(0, type_, order), value) == words
+
+
+@pytest.mark.parametrize("words", [[0x7FF8, 0, 0, 0], [0x7FF0, 0, 0, 0], [0xFFF0, 0, 0, 0]])
+def test_non_finite_float64_is_none(words: list[int]) -> None:
+    """NaN and +-inf float64 decode to None."""
+    assert decode_one(point(0, T.FLOAT64), words) is None
+
+
+def test_float64_sum_overflow_keeps_finite_values() -> None:
+    """Two huge finite float64 values whose sum overflows both stay (no false None)."""
+    big = [0x7FEF, 0xFFFF, 0xFFFF, 0xFFFF]  # largest finite double
+    values = compile_block([point(0, T.FLOAT64, name="a"), point(4, T.FLOAT64, name="b")],
+                           0)(big + big)
+    assert values == [1.7976931348623157e308] * 2
+
+
+def test_scaled_overflow_is_none() -> None:
+    """A finite value that overflows to infinity once scaled gives None."""
+    p = point(0, T.FLOAT64, scale=10.0)
+    assert decode_one(p, [0x7FEF, 0xFFFF, 0xFFFF, 0xFFFF]) is None
+
+
+@pytest.mark.parametrize(("order", "words", "expected"), [
+    (BO.ABCD, [0x4142, 0x4344, 0x4500], "ABCDE"),          # 'AB' 'CD' 'E\0'
+    (BO.BADC, [0x4241, 0x4443, 0x0045], "ABCDE"),          # bytes swapped per register
+    (BO.ABCD, [0x4142, 0x2020, 0x2020], "AB"),             # trailing spaces stripped
+    (BO.ABCD, [0x4142, 0x0043, 0x4400], "AB"),             # ends at the first NUL
+    (BO.ABCD, [0x0000, 0x0000, 0x0000], ""),
+    (BO.ABCD, [0xC3A9, 0x7465, 0x0000], "\u00e9te"),       # UTF-8 'ete' with e-acute
+    (BO.ABCD, [0x41FF, 0xFE42, 0x0000], "A\ufffd\ufffdB"),  # not UTF-8: replaced, no error
+])
+def test_string_vector(order: ByteOrder, words: list[int], expected: str) -> None:
+    """String registers decode in both byte orders, trimmed, never raising on bad bytes."""
+    assert decode_one(point_kw(0, T.STRING, order, count=3), words) == expected
+
+
+def test_string_encode_pads_and_refuses_overflow() -> None:
+    """A string is written NUL-padded in its byte order; one too long is refused."""
+    assert encode_value(point_kw(0, T.STRING, count=3), "ABCDE") == [0x4142, 0x4344, 0x4500]
+    assert encode_value(point_kw(0, T.STRING, BO.BADC, count=2), "AB") == [0x4241, 0]
+    with pytest.raises(ValueError, match="over the 4"):
+        encode_value(point_kw(0, T.STRING, count=2), "ABCDE")
+
+
+@pytest.mark.parametrize(("bit", "expected"), [(0, True), (1, False), (15, True), (14, False)])
+def test_bit_inside_register(bit: int, expected: bool) -> None:
+    """A bool point on a register is its bit, 0 being the least significant."""
+    assert decode_one(point_kw(0, T.BOOL, bit=bit), [0x8001]) is expected
+
+
+def test_bits_and_words_of_one_register_share_a_block() -> None:
+    """Several bits and the whole word of one register decode from one read."""
+    points = [point_kw(0, T.BOOL, bit=3, name="b3"), point_kw(0, T.UINT16, name="w"),
+              point_kw(0, T.BOOL, bit=0, name="b0")]
+    assert compile_block(points, 0)([0x0008]) == [True, 8, False]
+
+
+def test_enum_maps_values_to_names() -> None:
+    """An enum point gives the name of its value, or the number as text when unmapped."""
+    p = point_kw(0, T.UINT16, enum=((0, "stopped"), (1, "running"), (3, "fault")))
+    decode = compile_block([p], 0)
+    assert decode([1]) == ["running"]
+    assert decode([7]) == ["7"]
+    assert encode_value(p, "fault") == [3]
+    assert encode_value(p, 1) == [1]
+    with pytest.raises(ValueError, match="not one of"):
+        encode_value(p, "exploded")
+
+
+@pytest.mark.parametrize(("words", "expected"), [
+    ([0x0000], ""),
+    ([0x0001], "door_open"),
+    ([0x0005], "door_open,overheat"),
+    ([0x8004], "overheat,bit15"),
+])
+def test_bitfield_names_set_bits(words: list[int], expected: str) -> None:
+    """A bitfield gives the names of its set bits, ascending, comma-joined."""
+    p = point_kw(0, T.UINT16, bits=((0, "door_open"), (2, "overheat")))
+    assert decode_one(p, words) == expected
+
+
+def test_bitfield_of_signed_and_wide_types() -> None:
+    """Bitfields on int16 use the bit pattern; on uint32 they see all 32 bits."""
+    assert decode_one(point_kw(0, T.INT16, bits=((15, "sign"),)), [0x8000]) == "sign"
+    wide = point_kw(0, T.UINT32, bits=((0, "a"), (31, "z")))
+    assert decode_one(wide, [0x8000, 0x0001]) == "a,z"
+    assert encode_value(wide, "a,z") == [0x8000, 0x0001]
+    assert encode_value(point_kw(0, T.INT16, bits=((15, "sign"),)), ["sign"]) == [0x8000]
+
+
+def test_mixed_block_of_every_kind() -> None:
+    """A block mixing floats, strings, bits, enums and byte orders decodes each point."""
+    points = [
+        point_kw(0, T.FLOAT32, BO.CDAB, name="f"),
+        point_kw(2, T.STRING, BO.BADC, count=2, name="s"),
+        point_kw(4, T.BOOL, bit=1, name="b"),
+        point_kw(5, T.UINT16, enum=((2, "two"),), name="e"),
+        point_kw(6, T.INT64, BO.DCBA, name="q"),
+        point_kw(10, T.FLOAT32, name="nan"),
+    ]
+    words = [0x8000, 0x4366, 0x4241, 0x0043, 0x0002, 2,
+             0xFEFF, 0xFFFF, 0xFFFF, 0xFFFF, 0x7FC0, 0]
+    assert compile_block(points, 0)(words) == [230.5, "ABC", True, "two", -2, None]
+
+
+@pytest.mark.parametrize(("type_", "value"), [(T.INT64, 2**63), (T.UINT64, -1),
+                                               (T.FLOAT32, "x"), (T.UINT16, None)])
+def test_encode_refuses_what_does_not_fit(type_: DataType, value: object) -> None:
+    """encode_value refuses out-of-range and non-numeric values with ValueError."""
+    with pytest.raises(ValueError):
+        encode_value(point(0, type_), value)
+
+
+def test_encode_bit_in_register_is_refused() -> None:
+    """A bit inside a register has no registers of its own to encode."""
+    with pytest.raises(ValueError, match="set_bit"):
+        encode_value(point_kw(0, T.BOOL, bit=2), True)

@@ -15,7 +15,7 @@ from edge_agent.drivers.modbus.config import (
     ModbusPoint,
     Table,
 )
-from edge_agent.drivers.modbus.plan import ReadPlan, plan_reads
+from edge_agent.drivers.modbus.plan import ReadPlan, minimum_requests, plan_reads, split_block
 
 
 def point(name: str, address: int, type_: DataType = DataType.UINT16,
@@ -130,3 +130,35 @@ def test_decoders_match_blocks() -> None:
     (block,) = plan.blocks
     assert (block.start, block.count, block.names) == (1, 3, ("a", "b"))
     assert block.decode([10, 0, 30]) == [10, 30]
+
+
+def test_merge_false_entries_are_read_on_their_own() -> None:
+    """Points of a merge: false entry are never merged with other points, only together."""
+    iso = [ModbusPoint(name=f"iso_{i}", interval_s=1.0, table=Table.HOLDING, address=2 + i,
+                       type=DataType.UINT16, merge_group="iso") for i in range(2)]
+    plan = plan_reads([point("a", 0), point("b", 1), *iso, point("c", 4)], max_gap=10)
+    assert shape(plan) == [(Table.HOLDING, 0, 5, ("a", "b", "c")),
+                           (Table.HOLDING, 2, 2, ("iso_0", "iso_1"))]
+
+
+def test_split_block_halves_points_by_address() -> None:
+    """split_block gives two blocks covering the first and second half of the points."""
+    plan = plan_reads([point(f"r{i}", 10 * i) for i in range(5)], max_gap=100)
+    (block,) = plan.blocks
+    halves = split_block(block)
+    assert halves is not None
+    assert [(b.start, b.count, b.names) for b in halves] == [
+        (0, 11, ("r0", "r1")), (20, 21, ("r2", "r3", "r4"))]
+    assert halves[1].decode([3] + [0] * 19 + [4]) == [3, 0, 4]
+
+
+def test_single_point_block_cannot_split() -> None:
+    """A block of one point has no halves."""
+    (block,) = plan_reads([point("a", 0, DataType.FLOAT32)]).blocks
+    assert split_block(block) is None
+
+
+def test_minimum_requests_is_span_over_limit() -> None:
+    """The theoretical minimum counts each table's span in units of the protocol limit."""
+    points = [point("a", 0), point("b", 300), point("c", 0, DataType.BOOL, Table.COIL)]
+    assert minimum_requests(points) == 3 + 1

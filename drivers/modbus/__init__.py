@@ -1,0 +1,1 @@
+"""Modbus TCP, RTU (serial) and RTU-over-TCP drivers; see docs/modbus.md."""

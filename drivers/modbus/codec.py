@@ -9,31 +9,47 @@ the per-reading cost is the value object itself:
 2. one ``operator.itemgetter`` gathers the words of every point in value order (this also
    reorders ``CDAB``/``DCBA`` words, skips gaps and repeats overlapped registers);
 3. one ``struct.pack``/``struct.unpack`` pair with a format compiled for the block turns
-   the words into the point values, in point order;
-4. one ``sum`` tells whether any float32 is non-finite (float32 values cannot overflow a
-   float64 sum), and only then are NaN/inf replaced by ``None``;
-5. scale and offset are applied only to the points that have them.
+   the words into the point values, in point order (strings come out as ``bytes``);
+4. one ``sum`` tells whether any float is non-finite, and only then are NaN/inf replaced
+   by ``None`` (a float64 sum may overflow: that only sends the block down the exact path);
+5. scale and offset are applied only to the points that have them (a result that
+   overflows to infinity is ``None``); bits inside registers, strings, enumerations and
+   bitfields are converted only for the points that are such.
 
 Blocks of plain ``uint16`` points skip the struct round trip; contiguous ones skip the
 gather too.
 
 Register words follow pymodbus: ints 0..65535, the first register of a value first. With
-the value's big-endian bytes ``A B C D`` a ``float32`` is stored as ``AB CD`` (``ABCD``),
+the value's big-endian bytes ``A B C D`` a 32-bit value is stored as ``AB CD`` (``ABCD``),
 ``CD AB`` (``CDAB``), ``BA DC`` (``BADC``) or ``DC BA`` (``DCBA``); a 16-bit value as
-``AB`` or, for ``BADC``/``DCBA``, byte-swapped as ``BA``.
+``AB`` or, for ``BADC``/``DCBA``, byte-swapped as ``BA``. A 64-bit value ``A..H`` follows
+the same rules per word: ``ABCD`` = ``AB CD EF GH``, ``CDAB`` = ``GH EF CD AB``, ``BADC`` =
+``BA DC FE HG``, ``DCBA`` = ``HG FE DC BA``.
+
+Value shapes (all JSON scalars, as the telemetry contract wants): ``bool`` for bits,
+``int`` for integers, ``float`` for floats and scaled values, ``str`` for strings, enum
+names (an unmapped value gives its number as text, ``"7"``) and bitfields (names of the set
+bits in ascending bit order joined by commas, ``"fault,door_open"``; ``""`` when no bit is
+set; a set bit without a name gives ``bitN``).
 """
 
 from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from operator import itemgetter
 from typing import Any
 
-from edge_agent.drivers.modbus.config import ByteOrder, DataType, ModbusPoint
+from edge_agent.drivers.modbus.config import (
+    BIT_TABLES,
+    INTEGER_TYPES,
+    ByteOrder,
+    DataType,
+    ModbusPoint,
+)
 
-__all__ = ["BlockDecoder", "compile_block", "encode_value"]
+__all__ = ["BlockDecoder", "compile_block", "decode_string", "encode_value", "set_bit"]
 
 BlockDecoder = Callable[[Sequence[Any]], list[Any]]
 """Turns the registers (or bits) of one block into the values of its points, in point
@@ -46,10 +62,17 @@ _FORMAT = {
     DataType.INT32: "i",
     DataType.UINT32: "I",
     DataType.FLOAT32: "f",
+    DataType.INT64: "q",
+    DataType.UINT64: "Q",
+    DataType.FLOAT64: "d",
+    DataType.BOOL: "H",  # a bit inside a register: the register, then the bit is taken
 }
+_FLOATS = frozenset({DataType.FLOAT32, DataType.FLOAT64})
 _SWAPPED_BYTES = frozenset({ByteOrder.BADC, ByteOrder.DCBA})
 _SWAPPED_WORDS = frozenset({ByteOrder.CDAB, ByteOrder.DCBA})
 _isfinite = math.isfinite
+
+Converter = Callable[[Any], Any]
 
 
 def _gatherer(indexes: Sequence[int]) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
@@ -66,6 +89,51 @@ def _scaling(points: Sequence[ModbusPoint]) -> tuple[tuple[int, float, float], .
                  if p.scale != 1.0 or p.offset != 0.0)
 
 
+def decode_string(data: bytes) -> str:
+    """Text of a string register block: up to the first NUL, trailing spaces dropped.
+    Bytes that are not UTF-8 become U+FFFD rather than an error."""
+    end = data.find(b"\x00")
+    if end >= 0:
+        data = data[:end]
+    return data.decode("utf-8", "replace").rstrip(" ")
+
+
+def _bit_converter(bit: int) -> Converter:
+    return lambda word: (word >> bit) & 1 == 1
+
+
+def _enum_converter(mapping: Iterable[tuple[int, str]]) -> Converter:
+    names = dict(mapping)
+    return lambda raw: names.get(raw) or str(raw)
+
+
+def _bits_converter(mapping: Iterable[tuple[int, str]], width_bits: int) -> Converter:
+    names = [f"bit{b}" for b in range(width_bits)]
+    for bit, name in mapping:
+        names[bit] = name
+    mask = (1 << width_bits) - 1
+
+    def convert(raw: int) -> str:
+        raw &= mask  # a signed type: the bit pattern, not the sign
+        if not raw:
+            return ""
+        return ",".join(names[b] for b in range(raw.bit_length()) if raw >> b & 1)
+
+    return convert
+
+
+def _converter(point: ModbusPoint) -> Converter | None:
+    if point.type is DataType.BOOL:
+        return _bit_converter(point.bit or 0)
+    if point.type is DataType.STRING:
+        return decode_string
+    if point.enum is not None:
+        return _enum_converter(point.enum)
+    if point.bits is not None:
+        return _bits_converter(point.bits, 16 * point.width)
+    return None
+
+
 def compile_block(points: Sequence[ModbusPoint], start: int) -> BlockDecoder:
     """Build the decoder of a block read from address ``start``.
 
@@ -80,9 +148,10 @@ def compile_block(points: Sequence[ModbusPoint], start: int) -> BlockDecoder:
     if min(offsets) < 0:
         raise ValueError(f"point {points[offsets.index(min(offsets))].name!r} is before the "
                          f"block start {start}")
-    if all(p.type is DataType.BOOL for p in points):
+    bit_table = [p.table in BIT_TABLES for p in points]
+    if all(bit_table):
         return _compile_bits(offsets)
-    if any(p.type is DataType.BOOL for p in points):
+    if any(bit_table):
         raise ValueError("a block cannot mix bits and registers")
     return _compile_registers(points, offsets)
 
@@ -107,16 +176,20 @@ def _compile_registers(points: Sequence[ModbusPoint], offsets: list[int]) -> Blo
     fmt = [">"]
     for offset, point in zip(offsets, points, strict=True):
         base = offset + count if point.order in _SWAPPED_BYTES else offset
-        if point.width == 1:
-            words.append(base)
-        elif point.order in _SWAPPED_WORDS:
-            words += (base + 1, base)
+        span = range(base, base + point.width)
+        if point.type is not DataType.STRING and point.order in _SWAPPED_WORDS:
+            words.extend(reversed(span))
         else:
-            words += (base, base + 1)
-        fmt.append(_FORMAT[point.type])
+            words.extend(span)
+        fmt.append(f"{2 * point.count}s" if point.type is DataType.STRING
+                   else _FORMAT[point.type])
     scaled = _scaling(points)
-    has_float = any(p.type is DataType.FLOAT32 for p in points)
-    plain_uint16 = not swap and all(p.type is DataType.UINT16 for p in points)
+    converters = tuple((i, c) for i, p in enumerate(points)
+                       if (c := _converter(p)) is not None)
+    float_indexes = tuple(i for i, p in enumerate(points) if p.type in _FLOATS)
+    summable = not any(p.type is DataType.STRING for p in points)
+    plain_uint16 = not swap and all(p.type is DataType.UINT16 and p.enum is None
+                                    and p.bits is None for p in points)
 
     if plain_uint16 and not scaled:
         if words == list(range(count)):
@@ -144,33 +217,89 @@ def _compile_registers(points: Sequence[ModbusPoint], offsets: list[int]) -> Blo
         elif len(regs) != count:
             raise struct.error(f"expected {count} registers, got {len(regs)}")
         values = unpack(pack(*(regs if gather is None else gather(regs))))
-        if has_float and not _isfinite(sum(values)):
-            out = [v if _isfinite(v) else None for v in values]
-        else:
-            out = list(values)
+        out = list(values)
+        if float_indexes and not (summable and _isfinite(sum(values))):
+            for i in float_indexes:
+                if not _isfinite(out[i]):
+                    out[i] = None
+        for i, convert in converters:
+            out[i] = convert(out[i])
         for i, scale, offset in scaled:
             v = out[i]
             if v is not None:
-                out[i] = v * scale + offset
+                v = v * scale + offset
+                out[i] = v if _isfinite(v) else None
         return out
 
     return decode
 
 
-def encode_value(point: ModbusPoint, value: float | int | bool) -> list[int]:
-    """Registers (or, for ``bool``, one 0/1 bit) that make a device read back ``value``.
+# -- encoding -----------------------------------------------------------------------------
+
+def set_bit(word: int, bit: int, value: bool) -> int:
+    """``word`` with ``bit`` set or cleared (read-modify-write of a bit in a register)."""
+    return word | (1 << bit) if value else word & ~(1 << bit) & 0xFFFF
+
+
+def _swap16(word: int) -> int:
+    return ((word & 0xFF) << 8) | (word >> 8)
+
+
+def _raw_integer(point: ModbusPoint, value: Any) -> Any:
+    """The register value of an enum name or a bitfield given as names."""
+    if point.enum is not None and isinstance(value, str):
+        by_name = {name: number for number, name in point.enum}
+        if value in by_name:
+            return by_name[value]
+        raise ValueError(f"{point.name}: {value!r} is not one of "
+                         f"{', '.join(sorted(by_name))}")
+    if point.bits is not None and isinstance(value, str | list | tuple | set | frozenset):
+        names = [n.strip() for n in value.split(",")] if isinstance(value, str) else value
+        by_name = {name: bit for bit, name in point.bits}
+        raw = 0
+        for name in names:
+            if name == "":
+                continue
+            if name in by_name:
+                raw |= 1 << by_name[name]
+            elif isinstance(name, str) and name.startswith("bit") and name[3:].isdigit() \
+                    and int(name[3:]) < 16 * point.width:
+                raw |= 1 << int(name[3:])
+            else:
+                raise ValueError(f"{point.name}: no bit named {name!r}")
+        if point.type in (DataType.INT16, DataType.INT32, DataType.INT64) \
+                and raw >> (16 * point.width - 1):
+            raw -= 1 << (16 * point.width)  # the top bit of a signed field is its sign
+        return raw
+    return value
+
+
+def encode_value(point: ModbusPoint, value: Any) -> list[int]:
+    """Registers (or, for a coil or discrete point, one 0/1 bit) that make a device read
+    back ``value``.
 
     The inverse of decoding: scale and offset are undone first, integers are rounded to
-    the nearest value. Raises ``ValueError`` when the value does not fit the point's type.
+    the nearest value; enum points take a name (or a number), bitfields a comma-joined
+    string or a list of names, strings are UTF-8 padded with NULs. A bit inside a register
+    has no registers of its own: use :func:`set_bit` on the register read back. Raises
+    ``ValueError`` when the value does not fit the point.
     """
     if point.type is DataType.BOOL:
+        if point.table not in BIT_TABLES:
+            raise ValueError(f"{point.name}: a bit inside a register is written with set_bit")
+        if not isinstance(value, bool | int):
+            raise ValueError(f"{point.name}: expected true or false, got {value!r}")
         return [1 if value else 0]
-    raw: float | int = value
+    if point.type is DataType.STRING:
+        return _encode_string(point, value)
+    raw: Any = _raw_integer(point, value)
+    if isinstance(raw, str) or not isinstance(raw, int | float):
+        raise ValueError(f"{point.name}: expected a number, got {value!r}")
     if point.scale != 1.0 or point.offset != 0.0:
         if point.scale == 0.0:
             raise ValueError(f"{point.name}: a point with scale 0 cannot be written")
-        raw = (value - point.offset) / point.scale
-    if point.type is not DataType.FLOAT32:
+        raw = (raw - point.offset) / point.scale
+    if point.type in INTEGER_TYPES:
         if not _isfinite(raw):
             raise ValueError(f"{point.name}: {value!r} is not a finite number")
         raw = round(raw)
@@ -178,9 +307,23 @@ def encode_value(point: ModbusPoint, value: float | int | bool) -> list[int]:
         data = struct.pack(">" + _FORMAT[point.type], raw)
     except (struct.error, OverflowError) as exc:
         raise ValueError(f"{point.name}: {value!r} does not fit {point.type.value}") from exc
-    if point.order in _SWAPPED_BYTES:
-        data = data[1::-1] + data[:1:-1] if len(data) == 4 else data[::-1]
     words = list(struct.unpack(f">{len(data) // 2}H", data))
-    if point.order in _SWAPPED_WORDS and len(words) == 2:
+    if point.order in _SWAPPED_BYTES:
+        words = [_swap16(w) for w in words]
+    if point.order in _SWAPPED_WORDS:
         words.reverse()
+    return words
+
+
+def _encode_string(point: ModbusPoint, value: Any) -> list[int]:
+    if not isinstance(value, str):
+        raise ValueError(f"{point.name}: expected a string, got {value!r}")
+    data = value.encode("utf-8")
+    size = 2 * point.count
+    if len(data) > size:
+        raise ValueError(f"{point.name}: {value!r} is {len(data)} bytes, over the "
+                         f"{size} of {point.count} registers")
+    words = list(struct.unpack(f">{point.count}H", data.ljust(size, b"\x00")))
+    if point.order in _SWAPPED_BYTES:
+        words = [_swap16(w) for w in words]
     return words

@@ -1,35 +1,54 @@
-"""Modbus TCP driver: one connection to one device (one host, port and unit id).
+"""Modbus driver: one device (one unit id) on Modbus TCP, RTU over a serial port, or RTU
+framed over TCP.
+
+Every device reaches the wire through a shared :class:`~edge_agent.drivers.modbus.bus.Bus`
+(one per serial port or TCP endpoint): ``open`` attaches to it and ``close`` detaches, so
+the scheduler reopening one failed device never disturbs the others on the same bus.
 
 pymodbus reports problems through two channels, both translated here: a device exception
 response comes back as a response with ``isError()`` and marks only its block bad, while
 transport problems raise and are turned into :class:`DeviceUnavailable` (or
-:class:`DeviceTimeout`). pymodbus's own reconnects and retries are off: the scheduler owns
-reconnects. The request deadline is enforced here, not by pymodbus, so a timeout has its
-own type instead of a generic ``ModbusIOException``.
+:class:`DeviceTimeout`). An "illegal data address" answer to a merged block splits the
+block in halves, retried at once, down to the offending points; the split is kept in the
+plan for the following polls.
 """
 
 from __future__ import annotations
 
-import asyncio
+import logging
 import struct
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from pymodbus.client import AsyncModbusTcpClient
-from pymodbus.exceptions import ConnectionException, ModbusException
 from pymodbus.pdu import ModbusPDU
 
 from edge_agent.config.model import DeviceConfig
 from edge_agent.drivers.base import (
-    DeviceTimeout,
+    DeviceError,
+    DeviceRejected,
     DeviceUnavailable,
     Quality,
     Sample,
 )
-from edge_agent.drivers.modbus.config import ModbusPoint, ModbusTcpConnection, Table
-from edge_agent.drivers.modbus.plan import ReadPlan, plan_reads
+from edge_agent.drivers.modbus.bus import Bus, BusSpec, BusStats, Client, bus_for, rtu_frame_bytes
+from edge_agent.drivers.modbus.codec import encode_value, set_bit
+from edge_agent.drivers.modbus.config import (
+    BIT_TABLES,
+    MAX_REGISTERS_PER_WRITE,
+    ModbusConnection,
+    ModbusPoint,
+    ModbusRtuConnection,
+    ModbusRtuOverTcpConnection,
+    ModbusTcpConnection,
+    Table,
+    WriteFunction,
+)
+from edge_agent.drivers.modbus.plan import ReadBlock, ReadPlan, plan_reads, split_block
 
-__all__ = ["EXCEPTION_NAMES", "ModbusDriver"]
+__all__ = ["EXCEPTION_NAMES", "InvalidWrite", "ModbusDriver", "WriteNotVerified"]
+
+log = logging.getLogger(__name__)
 
 EXCEPTION_NAMES = {
     1: "illegal function",
@@ -43,42 +62,70 @@ EXCEPTION_NAMES = {
     10: "gateway path unavailable",
     11: "gateway target device failed to respond",
 }
-
-_LIBRARY_TIMEOUT_FACTOR = 2.0
-"""pymodbus gets a longer deadline than ours so that ours always fires first."""
+ILLEGAL_DATA_ADDRESS = 2
 
 _GOOD = Quality.GOOD
 _BAD = Quality.BAD
-_TIMEOUT = asyncio.timeout
 _now = time.time
+_FUNCTION = {Table.COIL: 1, Table.DISCRETE: 2, Table.HOLDING: 3, Table.INPUT: 4}
+_READERS = {
+    Table.HOLDING: "read_holding_registers",
+    Table.INPUT: "read_input_registers",
+    Table.COIL: "read_coils",
+    Table.DISCRETE: "read_discrete_inputs",
+}
 
-Reader = Callable[..., Awaitable[ModbusPDU]]
+
+# mypy cannot follow the editable install's package-dir mapping, so edge_agent.drivers.*
+# types are Any to it here.
+class InvalidWrite(DeviceError):  # type: ignore[misc]
+    """A write that was refused before any I/O: unknown point, read-only table, or a value
+    that does not fit the point."""
+
+
+class WriteNotVerified(DeviceError):  # type: ignore[misc]
+    """The device accepted a write but reading it back gave other registers."""
+
+
+def _reason(code: int) -> str:
+    return f"modbus exception {code} ({EXCEPTION_NAMES.get(code, 'unknown')})"
 
 
 class ModbusDriver:
-    """Reads merged register blocks of one Modbus TCP device.
+    """Reads merged blocks of one Modbus device and writes its points.
 
     Not safe for concurrent ``read`` calls on one instance: the scheduler polls a device
-    from one task.
+    from one task. ``write`` may run beside ``read``: the bus serialises requests.
     """
 
     def __init__(self, device: DeviceConfig) -> None:
         connection = device.connection
-        if not isinstance(connection, ModbusTcpConnection):
-            raise TypeError(f"device {device.name!r}: expected a ModbusTcpConnection, "
+        if not isinstance(connection, ModbusTcpConnection | ModbusRtuOverTcpConnection
+                          | ModbusRtuConnection):
+            raise TypeError(f"device {device.name!r}: expected a Modbus connection, "
                             f"got {type(connection).__name__}")
         self._name = device.name
-        self._connection = connection
+        self._connection: ModbusConnection = connection
+        self._spec = BusSpec.of(connection)
         self._points: dict[str, ModbusPoint] = {p.name: p for p in device.points}
-        self._where = f"{device.name} ({connection.host}:{connection.port} " \
-                      f"unit {connection.unit_id})"
-        self._client: AsyncModbusTcpClient | None = None
-        self._readers: dict[Table, Reader] = {}
-        self._lost = False
+        where = connection.port if isinstance(connection, ModbusRtuConnection) \
+            else f"{connection.host}:{connection.port}"
+        self._where = f"{device.name} ({where} unit {connection.unit_id})"
+        self._bus: Bus | None = None
 
     @property
     def name(self) -> str:
         return self._name
+
+    @property
+    def bus(self) -> Bus | None:
+        """The shared connection while open."""
+        return self._bus
+
+    @property
+    def bus_stats(self) -> BusStats | None:
+        """Figures of this device's bus (shared with the other devices on it)."""
+        return self._bus.stats if self._bus is not None else None
 
     def plan(self, point_names: Sequence[str]) -> ReadPlan:
         """The merged blocks that read ``point_names`` (computed once per poll group)."""
@@ -89,96 +136,192 @@ class ModbusDriver:
         return plan_reads(points, max_gap=self._connection.max_gap)
 
     async def open(self) -> None:
-        """Connect; raises :class:`DeviceUnavailable` (naming host:port) on failure."""
+        """Attach to the bus, opening it if this is its first device; raises
+        :class:`DeviceUnavailable` (naming the port or host:port) on failure."""
         await self.close()
-        conn = self._connection
-        client = AsyncModbusTcpClient(
-            conn.host,
-            port=conn.port,
-            name=self._name,
-            timeout=conn.timeout_s * _LIBRARY_TIMEOUT_FACTOR,
-            retries=0,
-            reconnect_delay=0,
-            reconnect_delay_max=0,
-            trace_connect=self._on_connection_change,
-        )
+        bus = bus_for(self._spec)
         try:
-            async with _TIMEOUT(conn.timeout_s):
-                connected = await client.connect()
-        except TimeoutError as exc:
-            client.close()
-            raise DeviceTimeout(f"{self._where}: no connection to {conn.host}:{conn.port} "
-                                f"within {conn.timeout_s} s") from exc
-        except BaseException:
-            client.close()
-            raise
-        if not connected:
-            client.close()
-            raise DeviceUnavailable(f"{self._where}: cannot connect to {conn.host}:{conn.port}")
-        self._client = client
-        self._lost = False
-        self._readers = {
-            Table.HOLDING: client.read_holding_registers,
-            Table.INPUT: client.read_input_registers,
-            Table.COIL: client.read_coils,
-            Table.DISCRETE: client.read_discrete_inputs,
-        }
+            await bus.attach(self._connection.timeout_s)
+        except DeviceUnavailable as exc:
+            raise type(exc)(f"{self._where}: {exc}") from exc
+        self._bus = bus
 
     async def close(self) -> None:
-        """Drop the connection; safe to call when not open."""
-        client, self._client = self._client, None
-        self._readers = {}
-        if client is not None:
-            client.close()
+        """Detach from the bus; safe to call when not open."""
+        bus, self._bus = self._bus, None
+        if bus is not None:
+            await bus.detach()
 
-    def _on_connection_change(self, connected: bool) -> None:
-        # pymodbus leaves a pending request waiting for its timeout when the peer closes or
-        # resets the connection; fail it now so the poll ends with DeviceUnavailable.
-        if connected:
-            return
-        self._lost = True
-        client = self._client
-        pending = getattr(client.ctx, "response_future", None) if client is not None else None
-        if isinstance(pending, asyncio.Future) and not pending.done():
-            pending.set_exception(ConnectionException("connection lost"))
+    async def _execute(self, bus: Bus, method: str, address: int, what: str,
+                       frames: tuple[int, int], *args: Any, **kwargs: Any) -> ModbusPDU:
+        unit = self._connection.unit_id
+
+        def call(client: Client) -> Any:
+            return getattr(client, method)(address, *args, device_id=unit, **kwargs)
+
+        response: ModbusPDU = await bus.execute(
+            call, unit=unit, timeout_s=self._connection.timeout_s, where=self._where,
+            what=what, frame_bytes=frames)
+        return response
+
+    async def _read_block(self, bus: Bus, block: ReadBlock) -> ModbusPDU:
+        return await self._execute(
+            bus, _READERS[block.table], block.start,
+            f"{block.table.value} {block.start}+{block.count}",
+            rtu_frame_bytes(_FUNCTION[block.table], block.count), count=block.count)
+
+    def _sample(self, block: ReadBlock, response: ModbusPDU) -> Sample:
+        ts = _now()
+        if response.isError():
+            code = getattr(response, "exception_code", 0)
+            return Sample(self._name, ts, _BAD, block.names, [None] * len(block.names),
+                          _reason(code))
+        data = response.bits if block.table in BIT_TABLES else response.registers
+        try:
+            values = block.decode(data)
+        except (struct.error, IndexError, TypeError, ValueError) as exc:
+            raise DeviceUnavailable(
+                f"{self._where}: malformed response to {block.table.value} "
+                f"{block.start}+{block.count}: {exc}") from exc
+        return Sample(self._name, ts, _GOOD, block.names, values)
 
     async def read(self, plan: ReadPlan) -> list[Sample]:
         """One poll of ``plan``: one sample per block, bad for a block the device rejected."""
-        client = self._client
-        if client is None or self._lost or not client.connected:
+        bus = self._bus
+        if bus is None:
             raise DeviceUnavailable(f"{self._where}: not connected")
-        unit = self._connection.unit_id
-        timeout_s = self._connection.timeout_s
-        readers = self._readers
-        name = self._name
         samples: list[Sample] = []
-        for block in plan.blocks:
-            try:
-                async with _TIMEOUT(timeout_s):
-                    response = await readers[block.table](
-                        block.start, count=block.count, device_id=unit)
-            except TimeoutError as exc:
-                raise DeviceTimeout(f"{self._where}: no answer within {timeout_s} s "
-                                    f"({block.table.value} {block.start}+{block.count})"
-                                    ) from exc
-            except (ModbusException, OSError) as exc:
-                raise DeviceUnavailable(f"{self._where}: {exc}") from exc
-            ts = _now()
-            if response.isError():
-                code = getattr(response, "exception_code", 0)
-                samples.append(Sample(
-                    name, ts, _BAD, block.names, [None] * len(block.names),
-                    f"modbus exception {code} ({EXCEPTION_NAMES.get(code, 'unknown')})"))
+        blocks = plan.blocks
+        i = 0
+        while i < len(blocks):
+            block = blocks[i]
+            response = await self._read_block(bus, block)
+            if (response.isError()
+                    and getattr(response, "exception_code", 0) == ILLEGAL_DATA_ADDRESS
+                    and len(block.points) > 1):
+                parts = await self._split(bus, block, samples)
+                blocks[i:i + 1] = parts
+                i += len(parts)
+                log.info("device %s: %s %d+%d rejected (illegal data address); now read "
+                         "as %s", self._name, block.table.value, block.start, block.count,
+                         ", ".join(f"{b.start}+{b.count}" for b in parts))
                 continue
-            data = response.bits if block.table in _BIT_TABLES else response.registers
-            try:
-                values = block.decode(data)
-            except (struct.error, IndexError, TypeError, ValueError) as exc:
-                raise DeviceUnavailable(
-                    f"{self._where}: malformed response to {block.table.value} "
-                    f"{block.start}+{block.count}: {exc}") from exc
-            samples.append(Sample(name, ts, _GOOD, block.names, values))
+            samples.append(self._sample(block, response))
+            i += 1
         return samples
 
+    async def _split(self, bus: Bus, block: ReadBlock, samples: list[Sample]
+                     ) -> list[ReadBlock]:
+        """Read ``block`` as halves, recursively while a half is refused with "illegal
+        data address"; returns the blocks that replace it."""
+        halves = split_block(block)
+        if halves is None:
+            raise AssertionError("a single-point block is never split")
+        out: list[ReadBlock] = []
+        for half in halves:
+            response = await self._read_block(bus, half)
+            if (response.isError()
+                    and getattr(response, "exception_code", 0) == ILLEGAL_DATA_ADDRESS
+                    and len(half.points) > 1):
+                out.extend(await self._split(bus, half, samples))
+                continue
+            samples.append(self._sample(half, response))
+            out.append(half)
+        return out
 
-_BIT_TABLES = frozenset({Table.COIL, Table.DISCRETE})
+    # -- writes ----------------------------------------------------------------------------
+
+    async def write(self, point_name: str, value: Any, *, verify: bool = False) -> None:
+        """Write ``value`` to a point (the same encoding as reading it: type, byte order,
+        scale and offset, enum names, bitfield names, strings).
+
+        Coils use function 5 (15 with ``write_function: multiple``), registers 6 for one
+        register and 16 for several (always 16 with ``write_function: multiple``); a bit
+        inside a holding register is read, changed and written back (not atomic against
+        other masters). With ``verify`` the registers are read back and compared.
+
+        Raises :class:`InvalidWrite` before any I/O for an unknown or read-only point or a
+        value that does not fit, :class:`DeviceRejected` (with the exception code) when the
+        device refuses, :class:`WriteNotVerified` when the read-back differs, and
+        :class:`DeviceUnavailable`/:class:`DeviceTimeout` on transport problems.
+        """
+        point = self._points.get(point_name)
+        if point is None:
+            raise InvalidWrite(f"device {self._name!r} has no point {point_name!r}")
+        if point.table in (Table.INPUT, Table.DISCRETE):
+            raise InvalidWrite(f"{self._name}.{point_name}: {point.table.value} points are "
+                               "read-only")
+        words: list[int] = []
+        if not point.in_register:
+            try:
+                words = encode_value(point, value)
+            except ValueError as exc:
+                raise InvalidWrite(f"{self._name}: {exc}") from exc
+            if len(words) > MAX_REGISTERS_PER_WRITE:
+                raise InvalidWrite(f"{self._name}.{point_name}: {len(words)} registers are "
+                                   f"over the write limit of {MAX_REGISTERS_PER_WRITE}")
+        elif not isinstance(value, bool | int):
+            raise InvalidWrite(f"{self._name}.{point_name}: expected true or false, "
+                               f"got {value!r}")
+        bus = self._bus
+        if bus is None:
+            raise DeviceUnavailable(f"{self._where}: not connected")
+        multiple = self._connection.write_function is WriteFunction.MULTIPLE
+        what = f"write {point_name}"
+        if point.table is Table.COIL:
+            on = bool(words[0])
+            if multiple:
+                response = await self._execute(bus, "write_coils", point.address, what,
+                                               rtu_frame_bytes(15, 1), [on])
+            else:
+                response = await self._execute(bus, "write_coil", point.address, what,
+                                               rtu_frame_bytes(5, 1), on)
+            self._check(response, what)
+            if verify:
+                await self._verify_bits(bus, point, on)
+            return
+        if point.in_register:
+            words = [set_bit(await self._read_word(bus, point), point.bit or 0, bool(value))]
+        if len(words) == 1 and not multiple:
+            response = await self._execute(bus, "write_register", point.address, what,
+                                           rtu_frame_bytes(6, 1), words[0])
+        else:
+            response = await self._execute(bus, "write_registers", point.address, what,
+                                           rtu_frame_bytes(16, len(words)), words)
+        self._check(response, what)
+        if verify:
+            got = await self._read_registers(bus, point)
+            ok = ((got[0] >> (point.bit or 0)) & 1 == int(bool(value))) if point.in_register \
+                else got == words
+            if not ok:
+                raise WriteNotVerified(f"{self._where}: wrote {words} to {point_name} "
+                                       f"(holding {point.address}) but read back {got}")
+
+    def _check(self, response: ModbusPDU, what: str) -> None:
+        if response.isError():
+            code = getattr(response, "exception_code", 0)
+            raise DeviceRejected(f"{self._where}: {what}: {_reason(code)}", code=code)
+
+    async def _read_registers(self, bus: Bus, point: ModbusPoint) -> list[int]:
+        what = f"read back {point.name}"
+        response = await self._execute(bus, "read_holding_registers", point.address, what,
+                                       rtu_frame_bytes(3, point.width), count=point.width)
+        self._check(response, what)
+        registers = list(response.registers)
+        if len(registers) != point.width:
+            raise DeviceUnavailable(f"{self._where}: {what}: expected {point.width} "
+                                    f"registers, got {len(registers)}")
+        return registers
+
+    async def _read_word(self, bus: Bus, point: ModbusPoint) -> int:
+        return (await self._read_registers(bus, point))[0]
+
+    async def _verify_bits(self, bus: Bus, point: ModbusPoint, on: bool) -> None:
+        what = f"read back {point.name}"
+        response = await self._execute(bus, "read_coils", point.address, what,
+                                       rtu_frame_bytes(1, 1), count=1)
+        self._check(response, what)
+        if not response.bits or bool(response.bits[0]) != on:
+            raise WriteNotVerified(f"{self._where}: wrote {on} to coil {point.address} "
+                                   f"({point.name}) but read back "
+                                   f"{response.bits[0] if response.bits else 'nothing'}")

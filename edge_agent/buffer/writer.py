@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from edge_agent.drivers.base import Sample
-from edge_agent.telemetry.contract import DeviceEvent, encode_body
+from edge_agent.telemetry.contract import BodyBuilder, DeviceEvent, MessageBody
 
 from .store import BufferStore, StoreError
 
@@ -38,7 +38,7 @@ class BufferWriter:
         self._queue = queue
         self._executor = executor
         self._commit_interval_s = commit_interval_s
-        self._max_readings = max_message_readings
+        self._builder = BodyBuilder(max_readings=max_message_readings)
         self._on_commit = on_commit
         self.accepted_readings = 0
         self.commits = 0
@@ -47,45 +47,43 @@ class BufferWriter:
 
     async def run(self) -> None:
         """Commit once per interval while items arrive. On cancellation, whatever is
-        already in the queue is committed before the cancellation propagates."""
-        taken: list[QueueItem] = []  # out of the queue, not yet committed
+        already queued or encoded is committed before the cancellation propagates."""
+        loop = asyncio.get_running_loop()
         committing: asyncio.Future[None] | None = None
         try:
             while True:
-                taken.append(await self._queue.get())
-                # Group-commit window: let the pollers fill the queue for one interval.
-                await asyncio.sleep(self._commit_interval_s)
-                taken.extend(self._drain())
-                items, taken = taken, []
+                self._builder.add(await self._queue.get())
+                # Group-commit window: encode what the pollers deliver for one interval.
+                try:
+                    async with asyncio.timeout_at(loop.time() + self._commit_interval_s):
+                        while True:
+                            self._builder.add(await self._queue.get())
+                except TimeoutError:
+                    pass
                 # Shielded: once handed to the store, a batch is committed even if the
                 # writer is cancelled meanwhile (and the cancellation waits for it below).
-                committing = asyncio.ensure_future(self._commit(items))
+                committing = asyncio.ensure_future(self._commit(self._builder.take()))
                 await asyncio.shield(committing)
         except asyncio.CancelledError:
             if committing is not None and not committing.done():
                 await committing
-            taken.extend(self._drain())
-            if taken:
-                await self._commit(taken)
+            while not self._queue.empty():
+                self._builder.add(self._queue.get_nowait())
+            bodies = self._builder.take()
+            if bodies:
+                await self._commit(bodies)
             raise
 
-    def _drain(self) -> list[QueueItem]:
-        items: list[QueueItem] = []
-        while True:
-            try:
-                items.append(self._queue.get_nowait())
-            except asyncio.QueueEmpty:
-                return items
-
-    async def _commit(self, items: list[QueueItem]) -> None:
+    async def _commit(self, bodies: list[MessageBody]) -> None:
         loop = asyncio.get_running_loop()
+        readings = sum(b.readings for b in bodies)
         try:
-            readings = await loop.run_in_executor(self._executor, self._encode_and_store, items)
+            await loop.run_in_executor(self._executor, self._store_bodies, bodies)
         except StoreError as exc:
-            # The items are lost; they were never accepted. Say so loudly: this is a full
-            # disk or a broken card, and nothing else can be done here.
+            # These readings were never accepted. Say so loudly: this is a full disk or a
+            # broken card, and nothing else can be done here.
             self.failed_commits += 1
-            log.error("could not commit %d samples to the buffer: %s", len(items), exc)
+            log.error("could not commit %d readings to the buffer: %s", readings, exc)
             return
         self.accepted_readings += readings
         self.commits += 1
@@ -93,12 +91,10 @@ class BufferWriter:
         async with self._committed:
             self._committed.notify_all()
 
+    def _store_bodies(self, bodies: list[MessageBody]) -> None:
+        self._store.append([(b.readings, b.body) for b in bodies], created=time.time())
+
     async def wait_for_commits(self, count: int) -> None:
         """Return once at least ``count`` commits happened since start (for tests and tools)."""
         async with self._committed:
             await self._committed.wait_for(lambda: self.commits >= count)
-
-    def _encode_and_store(self, items: list[QueueItem]) -> int:
-        bodies = encode_body(items, max_readings=self._max_readings)
-        self._store.append([(b.readings, b.body) for b in bodies], created=time.time())
-        return sum(b.readings for b in bodies)

@@ -1,4 +1,6 @@
-"""A simulated field site: Modbus TCP devices on the loopback, for the demo, tests and benchmark.
+"""A simulated field site: Modbus TCP devices on the loopback, and RS-485 buses of RTU slaves
+(:class:`SimulatedBus`: a serial line on a pseudo-terminal pair, or RTU framed over TCP),
+for the demo, tests and benchmark.
 
 Each simulated device is a pymodbus TCP server on its own port, answering unit id 1, with
 ``registers`` holding registers, input registers, coils and discrete inputs from address 0
@@ -71,12 +73,16 @@ from enum import StrEnum
 from types import TracebackType
 from typing import Self
 
-from pymodbus.server import ModbusTcpServer
+from pymodbus.constants import ExcCodes
+from pymodbus.framer import FramerType
+from pymodbus.pdu import ModbusPDU
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from edge_agent.drivers.modbus.config import Table
 
-__all__ = ["DEMO_POINTS", "Profile", "SimulatedSite", "main"]
+__all__ = ["DEMO_POINTS", "BusTransport", "Corruption", "Profile", "SimulatedBus",
+           "SimulatedSite", "main"]
 
 UNIT_ID = 1
 _BLOCK_KEY = {Table.COIL: "c", Table.DISCRETE: "d", Table.HOLDING: "h", Table.INPUT: "i"}
@@ -313,6 +319,248 @@ class SimulatedSite:
                 delay = 0
             await asyncio.sleep(delay)
             self.update()
+
+
+class BusTransport(StrEnum):
+    """How a :class:`SimulatedBus` is reached."""
+
+    SERIAL = "serial"
+    """RTU on a pseudo-terminal pair made by socat: the agent opens :attr:`SimulatedBus.port`."""
+    TCP = "tcp"
+    """RTU frames over TCP on 127.0.0.1 (a serial device server): :attr:`SimulatedBus.tcp_port`."""
+
+
+class Corruption(StrEnum):
+    """What :meth:`SimulatedBus.corrupt` does to a response on the line."""
+
+    CRC = "crc"
+    """The response with its CRC broken."""
+    NOISE = "noise"
+    """Random bytes instead of the response."""
+    PREFIX = "prefix"
+    """Random bytes, then the valid response."""
+
+
+_SOCAT = "socat"
+
+
+class SimulatedBus:
+    """Modbus RTU slaves sharing one line, for tests and benchmarks::
+
+        async with SimulatedBus(units=(1, 2, 3), tmp_dir=tmp_path) as bus:
+            bus.set_registers(2, 0, [1, 2])      # holding 0..1 of unit 2
+            bus.mute(3)                          # unit 3 stops answering
+            config = ModbusRtuConnection(port=bus.port, unit_id=2)
+
+    With ``transport=SERIAL`` a ``socat`` process links two pseudo-terminals; a pymodbus
+    serial server holds one end and the agent opens :attr:`port` (a symlink to the other;
+    a pty does not enforce the baud rate). With ``TCP`` a pymodbus TCP server with the RTU
+    framer listens on :attr:`tcp_port`. Every unit has ``registers`` of each table from 0.
+
+    :attr:`requests` counts the requests each unit received (answered or not), which lets a
+    test assert on poll counts rather than on timings; :attr:`functions` lists the function
+    codes executed.
+    """
+
+    def __init__(self, *, units: Sequence[int] = (1,), registers: int = 200,
+                 transport: BusTransport = BusTransport.SERIAL, tmp_dir: str | None = None,
+                 host: str = "127.0.0.1", seed: int = 0) -> None:
+        if not units:
+            raise ValueError("a bus needs at least one unit")
+        self.units = tuple(units)
+        self.registers = registers
+        self.transport = transport
+        self.host = host
+        self._tmp_dir = tmp_dir
+        self._owned_dir: str | None = None
+        self.port = ""
+        self.tcp_port = 0
+        self._server: ModbusSerialServer | ModbusTcpServer | None = None
+        self._socat: asyncio.subprocess.Process | None = None
+        self._memory: dict[int, _Memory] = {}
+        self._muted: set[int] = set()
+        self._exceptions: dict[int, int] = {}
+        self._corrupt: list[tuple[int, Corruption]] = []
+        self._random = random.Random(seed)
+        self.requests: dict[int, int] = dict.fromkeys(self.units, 0)
+        self.functions: list[tuple[int, int]] = []
+        """(unit, function code) of every request the units executed, oldest first."""
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.stop()
+        if self._owned_dir is not None:
+            import shutil
+
+            shutil.rmtree(self._owned_dir, ignore_errors=True)
+
+    async def start(self) -> None:
+        """Start (or restart after :meth:`stop`, with the same port and values)."""
+        if self._server is not None:
+            return
+        devices = [self._device(unit) for unit in self.units]
+        if self.transport is BusTransport.SERIAL:
+            server_end = await self._start_socat()
+            server: ModbusSerialServer | ModbusTcpServer = ModbusSerialServer(
+                devices, port=server_end, framer=FramerType.RTU, baudrate=115200,
+                ignore_missing_devices=True, trace_packet=self._trace,
+                trace_pdu=self._trace_pdu)
+        else:
+            server = ModbusTcpServer(devices, framer=FramerType.RTU,
+                                     address=(self.host, self.tcp_port),
+                                     ignore_missing_devices=True, trace_packet=self._trace,
+                                     trace_pdu=self._trace_pdu)
+        runtimes = server.context.devices  # type: ignore[union-attr]
+        for unit in self.units:
+            if unit in self._memory:
+                runtimes[unit].block = self._memory[unit].blocks  # a restart keeps values
+            else:
+                self._memory[unit] = _Memory(runtimes[unit].block)
+        await server.serve_forever(background=True)
+        if self.transport is BusTransport.TCP:
+            self.tcp_port = server.transport.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self._server = server
+
+    async def stop(self) -> None:
+        """Stop the server and, on a serial bus, the pty pair: the port vanishes."""
+        server, self._server = self._server, None
+        if server is not None:
+            await server.shutdown()  # type: ignore[no-untyped-call]
+        socat, self._socat = self._socat, None
+        if socat is not None and socat.returncode is None:
+            socat.terminate()
+            await socat.wait()
+
+    async def _start_socat(self) -> str:
+        import os
+        import tempfile
+
+        if not self.port:
+            folder = self._tmp_dir
+            if folder is None:
+                folder = self._owned_dir = tempfile.mkdtemp(prefix="simbus-")
+            self.port = os.path.join(folder, f"bus-{id(self):x}")
+        server_end = self.port + ".server"
+        self._socat = await asyncio.create_subprocess_exec(
+            _SOCAT, "-d", "-d", f"pty,raw,echo=0,link={self.port}",
+            f"pty,raw,echo=0,link={server_end}",
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE)
+        assert self._socat.stderr is not None
+        while True:  # socat says when both ends exist
+            line = await self._socat.stderr.readline()
+            if not line:
+                raise RuntimeError("socat exited before linking the pseudo-terminals")
+            if b"starting data transfer loop" in line:
+                break
+        return server_end
+
+    def _device(self, unit: int) -> SimDevice:
+        n = self.registers
+
+        async def action(func_code: int, start_address: int, address: int, count: int,
+                         registers: list[int], values: list[int] | list[bool] | None
+                         ) -> ExcCodes | None:
+            code = self._exceptions.get(unit)
+            return ExcCodes(code) if code is not None else None
+
+        return SimDevice(
+            id=unit,
+            action=action,
+            simdata=(
+                [SimData(0, count=n, values=False, datatype=DataType.BITS)],
+                [SimData(0, count=n, values=False, datatype=DataType.BITS)],
+                [SimData(0, count=n, values=0, datatype=DataType.REGISTERS)],
+                [SimData(0, count=n, values=0, datatype=DataType.REGISTERS)],
+            ),
+        )
+
+    def _trace_pdu(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU:
+        if not sending and pdu.dev_id in self.requests:
+            self.functions.append((pdu.dev_id, pdu.function_code))
+        return pdu
+
+    def _trace(self, sending: bool, data: bytes) -> bytes:
+        """Every frame the server sends passes here: count, mute, corrupt."""
+        if not sending or not data:
+            return data
+        unit = data[0]
+        if unit in self.requests:
+            self.requests[unit] += 1
+        if unit in self._muted:
+            return b""
+        if self._corrupt and self._corrupt[0][0] == unit:
+            _, how = self._corrupt.pop(0)
+            noise = self._random.randbytes(len(data))
+            if how is Corruption.CRC:
+                return data[:-1] + bytes([data[-1] ^ 0xFF])
+            if how is Corruption.NOISE:
+                return noise
+            return noise[:5] + data
+        return data
+
+    # -- faults ---------------------------------------------------------------------------
+
+    def mute(self, unit: int) -> None:
+        """Unit ``unit`` receives requests but never answers (a dead slave)."""
+        self._muted.add(unit)
+
+    def unmute(self, unit: int) -> None:
+        """Unit ``unit`` answers again."""
+        self._muted.discard(unit)
+
+    def fail_with(self, unit: int, code: int | None) -> None:
+        """Answer every request to ``unit`` with exception ``code`` (``None``: normally)."""
+        if code is None:
+            self._exceptions.pop(unit, None)
+        else:
+            self._exceptions[unit] = code
+
+    def corrupt(self, unit: int, how: Corruption, *, times: int = 1) -> None:
+        """Corrupt the next ``times`` responses of ``unit`` on the line."""
+        self._corrupt.extend([(unit, how)] * times)
+
+    def set_invalid(self, unit: int, address: int, count: int = 1, *,
+                    table: Table = Table.HOLDING) -> None:
+        """Registers ``address..`` of ``unit`` do not exist: reading them gives exception 2."""
+        flags = self._memory[unit].blocks[_BLOCK_KEY[table]][3]
+        for i in range(address, address + count):
+            flags[i] = (flags[i] & ~0xF) | DataType.INVALID
+
+    # -- values ---------------------------------------------------------------------------
+
+    def table(self, unit: int, table: Table = Table.HOLDING) -> list[int]:
+        """The live words of one table of ``unit`` (bits are packed 16 per word)."""
+        return self._memory[unit].registers(table)
+
+    def set_registers(self, unit: int, address: int, values: Sequence[int], *,
+                      table: Table = Table.HOLDING) -> None:
+        """Set registers ``address..`` of ``unit`` (16-bit words, 0..65535)."""
+        if address < 0 or address + len(values) > self.registers:
+            raise IndexError(f"registers {address}.. are outside 0..{self.registers - 1}")
+        self.table(unit, table)[address:address + len(values)] = values
+
+    def set_bits(self, unit: int, address: int, values: Sequence[bool], *,
+                 table: Table = Table.COIL) -> None:
+        """Set coils (or discrete inputs) ``address..`` of ``unit``."""
+        words = self.table(unit, table)
+        for i, value in enumerate(values, start=address):
+            if value:
+                words[i >> 4] |= 1 << (i & 15)
+            else:
+                words[i >> 4] &= ~(1 << (i & 15))
+
+    def bit(self, unit: int, address: int, *, table: Table = Table.COIL) -> bool:
+        """One coil (or discrete input) of ``unit``."""
+        return bool(self.table(unit, table)[address >> 4] >> (address & 15) & 1)
 
 
 async def _run(args: argparse.Namespace) -> None:

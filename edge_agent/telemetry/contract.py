@@ -21,6 +21,7 @@ from edge_agent.drivers.base import Sample
 
 __all__ = [
     "CONTRACT_VERSION",
+    "BodyBuilder",
     "DeviceEvent",
     "MessageBody",
     "Topics",
@@ -79,38 +80,65 @@ def _event_object(event: DeviceEvent) -> dict[str, Any]:
     return obj
 
 
-def encode_body(items: Iterable[Sample | DeviceEvent], *, max_readings: int) -> list[MessageBody]:
-    """Split items into message bodies of at most ``max_readings`` readings each.
+class BodyBuilder:
+    """Encodes samples and events as they arrive into message bodies of at most
+    ``max_readings`` readings each.
 
-    A sample is never split (a block of a few hundred readings stays one sample), so a body
-    can exceed ``max_readings`` only when a single sample does. Events count as one reading.
+    Encoding on arrival keeps only compact JSON bytes in memory while a commit window is
+    open, not the samples' Python objects. A sample is never split (a block of a few hundred
+    readings stays one sample), so a body exceeds ``max_readings`` only when a single sample
+    does. Events count as one reading.
     """
-    bodies: list[MessageBody] = []
-    samples: list[dict[str, Any]] = []
-    events: list[dict[str, Any]] = []
-    count = 0
-    for item in items:
-        size = len(item.names) if isinstance(item, Sample) else 1
-        if count and count + size > max_readings:
-            bodies.append(_body(samples, events, count))
-            samples, events, count = [], [], 0
+
+    __slots__ = ("_bodies", "_count", "_events", "_max_readings", "_samples")
+
+    def __init__(self, *, max_readings: int) -> None:
+        self._max_readings = max_readings
+        self._bodies: list[MessageBody] = []
+        self._samples: list[bytes] = []
+        self._events: list[bytes] = []
+        self._count = 0
+
+    def add(self, item: Sample | DeviceEvent) -> None:
         if isinstance(item, Sample):
-            samples.append(_sample_object(item))
+            size = len(item.names)
+            encoded = orjson.dumps(_sample_object(item))
         else:
-            events.append(_event_object(item))
-        count += size
-    if count:
-        bodies.append(_body(samples, events, count))
-    return bodies
+            size = 1
+            encoded = orjson.dumps(_event_object(item))
+        if self._count and self._count + size > self._max_readings:
+            self._close()
+        (self._samples if isinstance(item, Sample) else self._events).append(encoded)
+        self._count += size
+
+    @property
+    def readings(self) -> int:
+        """Readings added and not yet taken."""
+        return self._count + sum(b.readings for b in self._bodies)
+
+    def take(self) -> list[MessageBody]:
+        """Every body built so far, the open one included; the builder starts empty."""
+        if self._count:
+            self._close()
+        bodies, self._bodies = self._bodies, []
+        return bodies
+
+    def _close(self) -> None:
+        # The members are encoded without their braces so the envelope can go around them.
+        body = b'"samples":[' + b",".join(self._samples) + b"]"
+        if self._events:
+            body += b',"events":[' + b",".join(self._events) + b"]"
+        self._bodies.append(MessageBody(readings=self._count, body=body))
+        self._samples, self._events, self._count = [], [], 0
 
 
-def _body(samples: list[dict[str, Any]], events: list[dict[str, Any]], count: int
-          ) -> MessageBody:
-    # The members are encoded without their braces so the envelope can be put around them.
-    members: dict[str, Any] = {"samples": samples}
-    if events:
-        members["events"] = events
-    return MessageBody(readings=count, body=orjson.dumps(members)[1:-1])
+def encode_body(items: Iterable[Sample | DeviceEvent], *, max_readings: int
+                ) -> list[MessageBody]:
+    """Encode items into message bodies at once (see :class:`BodyBuilder`)."""
+    builder = BodyBuilder(max_readings=max_readings)
+    for item in items:
+        builder.add(item)
+    return builder.take()
 
 
 def envelope(*, gateway: str, site: str, seq: int, body: bytes, historical: bool = False
