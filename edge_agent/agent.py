@@ -95,9 +95,7 @@ class Agent:
         if tasks is None:
             return
         tasks.stats.cancel()
-        for task in tasks.pollers:
-            task.cancel()
-        await asyncio.gather(*tasks.pollers, return_exceptions=True)
+        await _cancel_all(tasks.pollers)
         tasks.writer.cancel()  # commits what is still queued before it ends
         await asyncio.gather(tasks.writer, return_exceptions=True)
         assert self.forwarder is not None and self.store is not None
@@ -106,8 +104,9 @@ class Agent:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(grace):
                     await self.forwarder.wait_drained()
-        tasks.forwarder.cancel()
-        await asyncio.gather(tasks.forwarder, tasks.stats, return_exceptions=True)
+        # Patience: its goodbye on the status topic may take up to 2 s.
+        await _cancel_all([tasks.forwarder], patience_s=5.0)
+        await asyncio.gather(tasks.stats, return_exceptions=True)
         loop = asyncio.get_running_loop()
         stats = await loop.run_in_executor(self._executor, self.store.stats)
         await loop.run_in_executor(self._executor, self.store.close)
@@ -139,6 +138,20 @@ class Agent:
                      self.writer.accepted_readings, self.forwarder.acked_readings,
                      "connected" if self.forwarder.connected else "disconnected",
                      ", ".join(down) or "none")
+
+
+async def _cancel_all(tasks: list[asyncio.Task[None]], *, patience_s: float = 0.5) -> None:
+    """Cancel tasks and wait for them, cancelling again while any is still running.
+
+    One cancellation is not always enough: on Python 3.11 ``asyncio.wait_for`` (used inside
+    pymodbus) loses a cancellation that arrives as its future completes, and the poller
+    would go on polling. Repeating the cancellation ends it on the next await.
+    """
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=patience_s)
 
 
 async def run(config: AgentConfig, *, stop: asyncio.Event | None = None) -> None:
