@@ -23,7 +23,6 @@ import asyncio
 import logging
 import time
 import weakref
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -42,6 +41,7 @@ from edge_agent.drivers.modbus.config import (
     Parity,
     bus_key,
 )
+from edge_agent.figures import RecentValues
 
 __all__ = ["Bus", "BusKind", "BusSpec", "BusStats", "bus_for", "bus_stats", "rtu_frame_bytes"]
 
@@ -52,7 +52,6 @@ _LIBRARY_TIMEOUT_FACTOR = 2.0
 _SUSPECT_TIMEOUTS = 3
 """Consecutive timeouts, of at least two different units, after which the connection
 itself is suspected and reopened at the next attach."""
-_MAX_WAIT_SAMPLES = 4096
 
 
 class BusKind(StrEnum):
@@ -122,7 +121,7 @@ class BusStats:
     line_s: float = 0.0
     """Time the frames of answered requests take on the line at the configured baud rate,
     gaps included (0 when the baud rate is unknown)."""
-    waits_s: deque[float] = field(default_factory=lambda: deque(maxlen=_MAX_WAIT_SAMPLES))
+    waits_s: RecentValues = field(default_factory=RecentValues)
     """Recent times requests waited for the bus (lock and silent gap)."""
 
     def elapsed_s(self, now: float | None = None) -> float:
@@ -138,11 +137,7 @@ class BusStats:
 
     def wait_figures(self) -> tuple[float, float]:
         """p50 and p99 of the waits for the bus, in seconds."""
-        if not self.waits_s:
-            return (0.0, 0.0)
-        ordered = sorted(self.waits_s)
-        return (ordered[len(ordered) // 2],
-                ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))])
+        return self.waits_s.quantile(0.5), self.waits_s.quantile(0.99)
 
 
 def rtu_frame_bytes(function: int, count: int) -> tuple[int, int]:
@@ -289,7 +284,7 @@ class Bus:
             if delay > 0:
                 await asyncio.sleep(delay)
             sent = loop.time()
-            stats.waits_s.append(sent - asked)
+            stats.waits_s.add(sent - asked)
             stats.requests += 1
             silent = self.spec.silent_s
             try:

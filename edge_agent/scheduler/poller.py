@@ -19,12 +19,13 @@ import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from edge_agent.config.model import DeviceConfig
 from edge_agent.drivers.base import DeviceError, DeviceUnavailable, Driver, Quality, Sample
+from edge_agent.figures import RecentValues
 from edge_agent.telemetry.contract import DeviceEvent
 
 __all__ = ["DevicePoller", "DeviceStats", "PollGroup", "jitter_figures", "next_tick", "poll_groups"]
@@ -64,8 +65,8 @@ class DeviceStats:
     skipped_ticks: int = 0
     reconnects: int = 0
     last_error: str | None = None
-    late_s: list[float] = field(default_factory=list)
-    """Recent start delays of polls behind their planned tick (bounded)."""
+    late_s: RecentValues = field(default_factory=RecentValues)
+    """Recent start delays of polls behind their planned tick (poll jitter)."""
 
 
 class DevicePoller:
@@ -112,8 +113,7 @@ class DevicePoller:
         """One poll of a group; False when the connection must be reopened."""
         group = self.groups[index]
         self.stats.polls += 1
-        if len(self.stats.late_s) < 4096:
-            self.stats.late_s.append(late_s)
+        self.stats.late_s.add(late_s)
         try:
             async with asyncio.timeout(READ_GUARD_S):
                 samples = await self._driver.read(self._plans[index])
@@ -198,10 +198,6 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def jitter_figures(late_s: Sequence[float]) -> tuple[float, float]:
+def jitter_figures(late_s: RecentValues) -> tuple[float, float]:
     """p50 and p99 of poll start delays, in seconds."""
-    if not late_s:
-        return (0.0, 0.0)
-    ordered = sorted(late_s)
-    return (ordered[len(ordered) // 2], ordered[min(len(ordered) - 1,
-                                                    int(len(ordered) * 0.99))])
+    return late_s.quantile(0.5), late_s.quantile(0.99)
