@@ -122,11 +122,11 @@ def main() -> int:
     make_pki(pki)
     (work / "broker").mkdir()
     base_port = 20000 + os.getpid() % 20000
-    sim = subprocess.Popen(
+    sim = subprocess.Popen(  # cwd: the checkout must not shadow the installed package
         [sys.executable, "-m", "edge_agent.devtools.simulator", "--devices", str(args.devices),
          "--registers", str(args.registers), "--base-port", str(base_port),
          "--update-interval-s", "0.5"],
-        stdout=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, text=True, cwd=work)
     agent: subprocess.Popen[bytes] | None = None
     try:
         assert sim.stdout is not None
@@ -145,7 +145,8 @@ def main() -> int:
             with Watcher(host="127.0.0.1", port=broker.tls_port, topic="bench/#",
                          ca_file=pki / "ca.pem", cert_file=pki / "client.pem",
                          key_file=pki / "client.key", on_message=counter, keep=False):
-                agent = subprocess.Popen([sys.executable, "-m", "edge_agent", "run", str(config)])
+                agent = subprocess.Popen([sys.executable, "-m", "edge_agent", "run", str(config)],
+                                         cwd=work)  # not the checkout: it would shadow
                 time.sleep(args.warmup)  # benchmark warm-up, not synchronisation
                 cpu0, hwm0, written0 = proc_figures(agent.pid)
                 rss0 = rss_now(agent.pid)

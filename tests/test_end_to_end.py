@@ -168,8 +168,10 @@ async def test_broker_outage_buffers_then_delivers_everything_in_order(
 
 def run_agent(config: Path) -> subprocess.Popen[bytes]:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # cwd: `python -m` puts the working directory first on sys.path; the checkout's
+    # edge_agent/ (without drivers/) must not shadow the installed package.
     return subprocess.Popen([sys.executable, "-m", "edge_agent", "run", str(config)], env=env,
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE, cwd=config.parent)
 
 
 def buffered(db: Path) -> tuple[int, set[int]]:
