@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from edge_agent.buffer.store import BufferStore
 from edge_agent.buffer.writer import BufferWriter, QueueItem
-from edge_agent.config.model import AgentConfig, DeviceConfig
+from edge_agent.config.model import AgentConfig, DeviceConfig, OverflowPolicy
 from edge_agent.drivers.base import Driver
 from edge_agent.drivers.registry import DRIVERS, load
 from edge_agent.scheduler.poller import DevicePoller
@@ -66,7 +66,10 @@ class Agent:
         self.store = await loop.run_in_executor(
             self._executor, lambda: BufferStore(config.buffer.path,
                                                 durability=config.buffer.durability,
-                                                max_bytes=config.buffer.max_bytes))
+                                                max_bytes=config.buffer.max_bytes,
+                                                max_age_s=config.buffer.max_age_s,
+                                                min_free_bytes=config.buffer.min_free_bytes,
+                                                policy=config.buffer.policy))
         stats = await loop.run_in_executor(self._executor, self.store.stats)
         log.info("buffer %s: %d readings waiting to be sent, last sequence number %d",
                  config.buffer.path, stats.readings, stats.last_seq)
@@ -76,7 +79,9 @@ class Agent:
         self.writer = BufferWriter(self.store, self._queue, executor=self._executor,
                                    commit_interval_s=config.buffer.commit_interval_s,
                                    max_message_readings=config.buffer.max_message_readings,
-                                   on_commit=self.forwarder.notify)
+                                   on_commit=self.forwarder.notify,
+                                   block_when_full=config.buffer.policy
+                                   is OverflowPolicy.BLOCK)
         self.pollers = [DevicePoller(d, drv, self._queue.put)
                         for d, drv in zip(config.devices, drivers, strict=True)]
         self._tasks = _Tasks(

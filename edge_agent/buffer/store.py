@@ -1,10 +1,17 @@
-"""The durable queue: batches of encoded readings in one SQLite file (WAL).
+"""The durable queue: batches of encoded readings in one SQLite file (WAL), with limits,
+a loss ledger and recovery from a damaged file.
 
-One row is one future telemetry message. Its sequence number is the row's key, declared
+One row is one future message. Its sequence number is the row's key, declared
 ``AUTOINCREMENT`` so SQLite keeps the highest number ever used in ``sqlite_sequence``: a
 number is never reused, even after every row was sent and deleted, and the sequence
-continues across restarts. Bodies are stored zlib-compressed, which keeps the bytes written
-to the SD card per reading low (the WAL writes every page twice).
+continues across restarts. A small side file (``<buffer>.seq``) reserves numbers ahead, so
+even a buffer file that had to be quarantined does not make the sequence start again.
+Bodies are stored zlib-compressed: the WAL writes every page twice, and SD cards wear by
+the byte.
+
+Whatever the buffer gives up (evicted by a limit, refused, unreadable, lost with a damaged
+file) is recorded in the ``ledger`` table with its sequence ranges and a named reason; the
+forwarder reports those entries to the platform.
 
 All methods are blocking and must be called from one thread (the writer's executor).
 """
@@ -12,15 +19,26 @@ All methods are blocking and must be called from one thread (the writer's execut
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
+import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
-from edge_agent.config.model import Durability
+from edge_agent.config.model import Durability, OverflowPolicy
+from edge_agent.telemetry.contract import Kind
 
-__all__ = ["BufferStats", "BufferStore", "StoreError", "StoredBatch"]
+__all__ = [
+    "BufferStats",
+    "BufferStore",
+    "LedgerEntry",
+    "LossReason",
+    "StoreError",
+    "StoredBatch",
+]
 
 log = logging.getLogger(__name__)
 
@@ -29,16 +47,44 @@ CREATE TABLE IF NOT EXISTS batch (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     created REAL NOT NULL,
     readings INTEGER NOT NULL,
-    body BLOB NOT NULL
+    body BLOB NOT NULL,
+    kind INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS ledger (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    reason TEXT NOT NULL,
+    first_seq INTEGER,
+    last_seq INTEGER,
+    messages INTEGER,
+    readings INTEGER,
+    detail TEXT,
+    reported INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value
 );
 """
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
 _COMPRESS_LEVEL = 1
 _CACHE_KIB = 512
+_RESERVE = 1_000_000
+"""Sequence numbers reserved ahead in the side file: one small write per million messages."""
+_EVICT_CHUNK = 256
+
+
+class LossReason(StrEnum):
+    """Why readings will never be sent (the ledger's reasons, part of the contract)."""
+
+    EVICTED_BY_CAP = "evicted_by_cap"
+    EVICTED_BY_AGE = "evicted_by_age"
+    EVICTED_BY_FREE_SPACE = "evicted_by_free_space"
+    REFUSED_BY_CAP = "refused_by_cap"
+    REFUSED_BY_FREE_SPACE = "refused_by_free_space"
+    REJECTED_BY_BROKER = "rejected_by_broker"
+    UNREADABLE_ROW = "unreadable_row"
+    BUFFER_CORRUPT = "buffer_corrupt"
 
 
 class StoreError(Exception):
@@ -62,56 +108,184 @@ class BufferStats:
     last_seq: int
     """Highest sequence number ever assigned (0 before the first batch)."""
     file_bytes: int
+    """Bytes of the pages in use (the file itself does not shrink)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    id: int
+    at: float
+    reason: str
+    first_seq: int | None
+    last_seq: int | None
+    messages: int | None
+    readings: int | None
+    detail: str | None
 
 
 class BufferStore:
     """SQLite buffer of stored batches, appended in groups and deleted after PUBACK."""
 
-    def __init__(self, path: Path, *, durability: Durability, max_bytes: int) -> None:
+    def __init__(self, path: Path, *, durability: Durability, max_bytes: int,
+                 max_age_s: float | None = None, min_free_bytes: int = 0,
+                 policy: OverflowPolicy = OverflowPolicy.DROP_OLDEST,
+                 clock: Callable[[], float] = time.time) -> None:
         self.path = path
         self.max_bytes = max_bytes
-        self.evicted_batches = 0
-        self.evicted_readings = 0
+        self.max_age_s = max_age_s
+        self.min_free_bytes = min_free_bytes
+        self.policy = policy
+        self._clock = clock
+        self._seq_file = path.with_name(path.name + ".seq")
+        self.quarantined: Path | None = None
+        self.unreported = 0
+        """Ledger entries not yet reported to the platform (read by the forwarder)."""
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            reserved = self._read_reservation()
+            self._db = self._open_checked(path)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={durability.value.upper()}")
             # Rows are written once and read once: a small page cache is enough, and RSS
             # on a 512 MB gateway matters more than re-reading a page.
             self._db.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
             self._db.executescript(_SCHEMA)
-            self._db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('format', ?)",
-                             (_FORMAT_VERSION,))
+            self._migrate()
+            self._page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
             row = self._db.execute(
                 "SELECT seq FROM sqlite_sequence WHERE name = 'batch'").fetchone()
-            self._page_size = self._db.execute("PRAGMA page_size").fetchone()[0]
-        except sqlite3.Error as exc:
+            self.last_seq: int = row[0] if row else 0
+            if self.last_seq < reserved and (row is None or self.quarantined):
+                # A fresh file where numbers were handed out before: continue above them.
+                self._set_sequence(reserved)
+            if self.quarantined is not None:
+                self._record(LossReason.BUFFER_CORRUPT, None, self.last_seq, None, None,
+                             f"damaged buffer moved to {self.quarantined.name}; sequence "
+                             f"numbers up to {self.last_seq} that were not received are "
+                             "lost with it")
+            self._reserved = max(reserved, self.last_seq)
+            self._reserve(self.last_seq)
+            self.unreported = int(self._db.execute(
+                "SELECT count(*) FROM ledger WHERE reported = 0").fetchone()[0])
+        except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open buffer {path}: {exc}") from exc
-        self.last_seq: int = row[0] if row else 0
 
-    def append(self, batches: Sequence[tuple[int, bytes]], *, created: float) -> list[int]:
-        """Store ``(readings, body)`` batches in one transaction; returns their sequence
-        numbers. Once this returns, the readings are accepted."""
+    # opening and recovery -------------------------------------------------------------
+
+    def _open_checked(self, path: Path) -> sqlite3.Connection:
+        """Open the file; a file SQLite cannot read or that fails ``quick_check`` is moved
+        aside with a timestamped name and a fresh buffer is started. The agent never
+        refuses to start because of its buffer."""
+        if path.exists():
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            try:
+                result = db.execute("PRAGMA quick_check").fetchone()[0]
+                db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            except sqlite3.DatabaseError as exc:
+                result = str(exc)
+            if result == "ok":
+                return db
+            db.close()
+            self.quarantined = self._quarantine(path, result)
+        return sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+
+    def _quarantine(self, path: Path, why: str) -> Path:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        target = path.with_name(f"{path.name}.corrupt-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            source = Path(str(path) + suffix)
+            if source.exists():
+                os.replace(source, Path(str(target) + suffix))
+        log.error("buffer %s is damaged (%s): moved to %s, starting a fresh buffer",
+                  path, why, target.name)
+        return target
+
+    def _migrate(self) -> None:
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(batch)")}
+        if "kind" not in columns:  # format 1 had no kind column
+            self._db.execute("ALTER TABLE batch ADD COLUMN kind INTEGER NOT NULL DEFAULT 0")
+        self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('format', ?)",
+                         (_FORMAT_VERSION,))
+
+    def _read_reservation(self) -> int:
+        try:
+            return int(self._seq_file.read_text().strip() or 0)
+        except FileNotFoundError:
+            return 0
+        except ValueError:
+            log.warning("ignoring unreadable sequence reservation file %s", self._seq_file)
+            return 0
+
+    def _reserve(self, upto: int) -> None:
+        """Keep the side file ahead of every number handed out (written atomically)."""
+        if upto < self._reserved and self._seq_file.exists():
+            return
+        self._reserved = upto + _RESERVE
+        tmp = self._seq_file.with_name(self._seq_file.name + ".tmp")
+        with open(tmp, "w") as handle:
+            handle.write(f"{self._reserved}\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self._seq_file)
+
+    def _set_sequence(self, value: int) -> None:
+        with self._transaction():
+            self._db.execute("DELETE FROM sqlite_sequence WHERE name = 'batch'")
+            self._db.execute("INSERT INTO sqlite_sequence(name, seq) VALUES ('batch', ?)",
+                             (value,))
+        self.last_seq = value
+
+    # the data path ---------------------------------------------------------------------
+
+    def append(self, batches: Sequence[tuple[int, bytes, Kind]], *, created: float
+               ) -> list[int]:
+        """Store ``(readings, body, kind)`` batches in one transaction and return their
+        sequence numbers. Once this returns, the readings are accepted (or, under
+        ``drop_newest`` with the buffer full, refused and recorded in the ledger)."""
         first = self.last_seq + 1
-        rows = [(first + i, created, readings, zlib.compress(body, _COMPRESS_LEVEL))
-                for i, (readings, body) in enumerate(batches)]
+        seqs = list(range(first, first + len(batches)))
+        if not batches:
+            return seqs
+        self._reserve(seqs[-1])
+        rows = [(seq, created, readings, zlib.compress(body, _COMPRESS_LEVEL), int(kind))
+                for seq, (readings, body, kind) in zip(seqs, batches, strict=True)]
+        room, short = self._limits()
+        incoming = sum(len(r[3]) for r in rows)
+        if self.policy is OverflowPolicy.DROP_NEWEST and room is not None and room < incoming:
+            # Refused, but numbered: the platform sees the range in the ledger, not a gap.
+            self._set_sequence(seqs[-1])
+            self._record(LossReason.REFUSED_BY_FREE_SPACE if short
+                         else LossReason.REFUSED_BY_CAP, first, seqs[-1], len(batches),
+                         sum(b[0] for b in batches),
+                         "min_free_bytes" if short else "max_bytes")
+            return seqs
         try:
             with self._transaction():
                 self._db.executemany(
-                    "INSERT INTO batch(seq, created, readings, body) VALUES (?, ?, ?, ?)", rows)
+                    "INSERT INTO batch(seq, created, readings, body, kind) "
+                    "VALUES (?, ?, ?, ?, ?)", rows)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot write to buffer {self.path}: {exc}") from exc
-        self.last_seq = first + len(rows) - 1
-        self._enforce_cap()
-        return [r[0] for r in rows]
+        self.last_seq = seqs[-1]
+        self._enforce_limits()
+        return seqs
 
     def read_after(self, seq: int, limit: int) -> list[StoredBatch]:
-        """The oldest stored batches with a sequence number above ``seq``."""
+        """The oldest stored batches with a sequence number above ``seq``. A row that can
+        no longer be decoded is removed and recorded in the ledger, never retried."""
         rows = self._db.execute(
             "SELECT seq, readings, created, body FROM batch WHERE seq > ? ORDER BY seq LIMIT ?",
             (seq, limit)).fetchall()
-        return [StoredBatch(s, n, c, zlib.decompress(b)) for s, n, c, b in rows]
+        out: list[StoredBatch] = []
+        for s, n, c, b in rows:
+            try:
+                out.append(StoredBatch(s, n, c, zlib.decompress(b)))
+            except (zlib.error, TypeError) as exc:
+                log.error("buffer row seq %d is unreadable (%s): dropped", s, exc)
+                with self._transaction():
+                    self._db.execute("DELETE FROM batch WHERE seq = ?", (s,))
+                self._record(LossReason.UNREADABLE_ROW, s, s, 1, n, str(exc))
+        return out
 
     def delete(self, seqs: Sequence[int]) -> None:
         """Forget batches the broker acknowledged."""
@@ -120,11 +294,55 @@ class BufferStore:
         with self._transaction():
             self._db.executemany("DELETE FROM batch WHERE seq = ?", [(s,) for s in seqs])
 
+    def record_rejected(self, seq: int, readings: int, detail: str) -> None:
+        """The broker refused a message for good (MQTT 5 reason code): ledger it."""
+        self._record(LossReason.REJECTED_BY_BROKER, seq, seq, 1, readings, detail)
+
+    def full(self) -> bool:
+        """True while a limit leaves no room for new batches (used by ``block``)."""
+        room, _ = self._limits()
+        return room is not None and room <= 0
+
     def stats(self) -> BufferStats:
         count, readings, first = self._db.execute(
             "SELECT count(*), coalesce(sum(readings), 0), min(seq) FROM batch").fetchone()
         return BufferStats(batches=count, readings=readings, first_seq=first,
-                           last_seq=self.last_seq, file_bytes=self._file_bytes())
+                           last_seq=self.last_seq, file_bytes=self._used_bytes())
+
+    # the ledger --------------------------------------------------------------------------
+
+    def unreported_ledger(self, limit: int = 100) -> list[LedgerEntry]:
+        rows = self._db.execute(
+            "SELECT id, at, reason, first_seq, last_seq, messages, readings, detail "
+            "FROM ledger WHERE reported = 0 ORDER BY id LIMIT ?", (limit,)).fetchall()
+        return [LedgerEntry(*r) for r in rows]
+
+    def mark_reported(self, ids: Iterable[int]) -> None:
+        ids = list(ids)
+        with self._transaction():
+            self._db.executemany("UPDATE ledger SET reported = 1 WHERE id = ?",
+                                 [(i,) for i in ids])
+        self.unreported = int(self._db.execute(
+            "SELECT count(*) FROM ledger WHERE reported = 0").fetchone()[0])
+
+    def ledger_totals(self) -> dict[str, int]:
+        """Readings given up so far, per reason, over the buffer file's lifetime."""
+        return {reason: int(total) for reason, total in self._db.execute(
+            "SELECT reason, coalesce(sum(readings), 0) FROM ledger GROUP BY reason")}
+
+    def _record(self, reason: LossReason, first: int | None, last: int | None,
+                messages: int | None, readings: int | None, detail: str | None) -> None:
+        with self._transaction():
+            self._db.execute(
+                "INSERT INTO ledger(at, reason, first_seq, last_seq, messages, readings, "
+                "detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (self._clock(), reason.value, first, last, messages, readings, detail))
+        self.unreported += 1
+        if reason not in (LossReason.BUFFER_CORRUPT,):
+            log.warning("buffer: %s readings in messages %s..%s given up: %s (%s)",
+                        readings, first, last, reason.value, detail)
+
+    # limits ------------------------------------------------------------------------------
 
     def close(self) -> None:
         try:
@@ -133,35 +351,78 @@ class BufferStore:
             log.warning("buffer checkpoint at close failed: %s", exc)
         self._db.close()
 
-    # internals ----------------------------------------------------------------------
-
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)
 
-    def _file_bytes(self) -> int:
-        pages, free = (self._db.execute("PRAGMA page_count").fetchone()[0],
-                       self._db.execute("PRAGMA freelist_count").fetchone()[0])
+    def _used_bytes(self) -> int:
+        pages = self._db.execute("PRAGMA page_count").fetchone()[0]
+        free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
         return int((pages - free) * self._page_size)
 
-    def _enforce_cap(self) -> None:
-        """Drop the oldest batches while the used pages exceed ``max_bytes``.
+    def _limits(self) -> tuple[int | None, bool]:
+        """Bytes that may still be stored under every limit (negative: over a limit; None:
+        no limit applies), and whether the free-space guard is the tighter limit."""
+        by_cap = self.max_bytes - self._used_bytes()
+        if not self.min_free_bytes:
+            return by_cap, False
+        st = os.statvfs(self.path.parent)
+        pages = self._db.execute("PRAGMA page_count").fetchone()[0]
+        spare = pages * self._page_size - self._used_bytes()  # free pages inside the file
+        headroom = spare + st.f_bavail * st.f_frsize - self.min_free_bytes
+        return min(by_cap, headroom), headroom < by_cap
 
-        Counted and logged; the loss ledger of issue #4 reports them to the platform.
-        """
-        if self._file_bytes() <= self.max_bytes:
-            return
-        while self._file_bytes() > self.max_bytes:
-            rows = self._db.execute(
-                "SELECT seq, readings FROM batch ORDER BY seq LIMIT 64").fetchall()
-            if not rows:
+    def _enforce_limits(self) -> None:
+        """Evict by age, then the oldest batches while a limit is exceeded: telemetry
+        first, events only when nothing else is left. Every eviction is ledgered."""
+        if self.max_age_s is not None:
+            cutoff = self._clock() - self.max_age_s
+            while True:
+                oldest = self._db.execute("SELECT seq, readings, created FROM batch "
+                                          "ORDER BY seq LIMIT ?", (_EVICT_CHUNK,)).fetchall()
+                expired = [(seq, n) for seq, n, created in oldest if created < cutoff]
+                self._evict(expired, LossReason.EVICTED_BY_AGE,
+                            f"older than max_age_s={self.max_age_s:g}")
+                if len(expired) < _EVICT_CHUNK:
+                    break
+        while self.policy is not OverflowPolicy.DROP_NEWEST:  # that one refuses up front
+            room, short = self._limits()
+            if room is None or room >= 0:
                 return
-            with self._transaction():
-                self._db.execute("DELETE FROM batch WHERE seq <= ?", (rows[-1][0],))
-            self.evicted_batches += len(rows)
-            self.evicted_readings += sum(r[1] for r in rows)
-            log.warning("buffer over max_bytes=%d: dropped oldest batches seq %d..%d "
-                        "(%d readings)", self.max_bytes, rows[0][0], rows[-1][0],
-                        sum(r[1] for r in rows))
+            candidates = self._db.execute(
+                "SELECT seq, readings, length(body) FROM batch ORDER BY kind, seq LIMIT ?",
+                (_EVICT_CHUNK,)).fetchall()
+            if not candidates:
+                return
+            # Only as many as cover the deficit: events must not go along with telemetry.
+            rows: list[tuple[int, int]] = []
+            freed = 0
+            for seq, readings, size in candidates:
+                rows.append((seq, readings))
+                freed += size
+                if freed >= -room:
+                    break
+            reason = LossReason.EVICTED_BY_FREE_SPACE if short else LossReason.EVICTED_BY_CAP
+            self._evict(rows, reason, "min_free_bytes" if short else "max_bytes")
+
+    def _evict(self, rows: list[tuple[int, int]], reason: LossReason, detail: str) -> None:
+        if not rows:
+            return
+        with self._transaction():
+            self._db.executemany("DELETE FROM batch WHERE seq = ?", [(r[0],) for r in rows])
+        for first, last, messages, readings in _runs(rows):
+            self._record(reason, first, last, messages, readings, detail)
+
+
+def _runs(rows: list[tuple[int, int]]) -> list[tuple[int, int, int, int]]:
+    """Consecutive sequence numbers grouped into (first, last, messages, readings)."""
+    out: list[tuple[int, int, int, int]] = []
+    for seq, readings in sorted(rows):
+        if out and out[-1][1] == seq - 1:
+            first, _, messages, total = out[-1]
+            out[-1] = (first, seq, messages + 1, total + readings)
+        else:
+            out.append((seq, seq, 1, readings))
+    return out
 
 
 class _Transaction:

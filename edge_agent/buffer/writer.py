@@ -33,7 +33,8 @@ class BufferWriter:
 
     def __init__(self, store: BufferStore, queue: asyncio.Queue[QueueItem], *,
                  executor: ThreadPoolExecutor, commit_interval_s: float,
-                 max_message_readings: int, on_commit: Callable[[], None]) -> None:
+                 max_message_readings: int, on_commit: Callable[[], None],
+                 block_when_full: bool = False) -> None:
         self._store = store
         self._queue = queue
         self._executor = executor
@@ -44,6 +45,9 @@ class BufferWriter:
         self.commits = 0
         self.failed_commits = 0
         self._committed = asyncio.Condition()
+        self._block_when_full = block_when_full
+        self.blocked_s = 0.0
+        """Time the writer held polling back because the buffer was full (policy block)."""
 
     async def run(self) -> None:
         """Commit once per interval while items arrive. On cancellation, whatever is
@@ -52,6 +56,8 @@ class BufferWriter:
         committing: asyncio.Future[None] | None = None
         try:
             while True:
+                if self._block_when_full:
+                    await self._wait_for_room()
                 self._builder.add(await self._queue.get())
                 # Group-commit window: encode what the pollers deliver for one interval.
                 try:
@@ -92,7 +98,21 @@ class BufferWriter:
             self._committed.notify_all()
 
     def _store_bodies(self, bodies: list[MessageBody]) -> None:
-        self._store.append([(b.readings, b.body) for b in bodies], created=time.time())
+        self._store.append([(b.readings, b.body, b.kind) for b in bodies], created=time.time())
+
+    async def _wait_for_room(self) -> None:
+        """Policy ``block``: take nothing from the queue while the buffer is full, so the
+        queue fills and the pollers wait (their skipped ticks show the slowdown)."""
+        loop = asyncio.get_running_loop()
+        if not await loop.run_in_executor(self._executor, self._store.full):
+            return
+        log.warning("buffer full: holding polling back until the uplink frees room "
+                    "(policy block)")
+        started = loop.time()
+        while await loop.run_in_executor(self._executor, self._store.full):
+            await asyncio.sleep(self._commit_interval_s)
+        self.blocked_s += loop.time() - started
+        log.info("buffer has room again after %.1f s", loop.time() - started)
 
     async def wait_for_commits(self, count: int) -> None:
         """Return once at least ``count`` commits happened since start (for tests and tools)."""

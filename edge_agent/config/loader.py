@@ -22,6 +22,7 @@ from .model import (
     Durability,
     GatewayConfig,
     MqttVersion,
+    OverflowPolicy,
     Security,
     TlsConfig,
     UplinkConfig,
@@ -129,7 +130,7 @@ def _parse_uplink(cur: Cursor, base: Path, gateway: GatewayConfig | None) -> Upl
         "mqtt_version": _opt(keys, "mqtt_version", "enum", MqttVersion.V5,
                              enum_type=MqttVersion),
         "keepalive_s": _opt(keys, "keepalive_s", "float", 30.0, minimum=5, maximum=3600),
-        "max_inflight": _opt(keys, "max_inflight", "int", 16, minimum=1, maximum=1000),
+        "max_inflight": _opt(keys, "max_inflight", "int", 16, minimum=2, maximum=1000),
         "connect_timeout_s": _opt(keys, "connect_timeout_s", "float", 10.0, minimum=0.1),
         "reconnect_initial_s": _opt(keys, "reconnect_initial_s", "float", 1.0, minimum=0.01),
         "reconnect_max_s": _opt(keys, "reconnect_max_s", "float", 60.0, minimum=0.01),
@@ -170,7 +171,8 @@ def _file(cur: Cursor, base: Path) -> Any:
 def _parse_buffer(cur: Cursor, base: Path) -> BufferConfig | None:
     keys = cur.mapping(required={"path"},
                        optional={"max_bytes", "durability", "commit_interval_s",
-                                 "queue_max_samples", "max_message_readings"})
+                                 "queue_max_samples", "max_message_readings", "max_age_s",
+                                 "min_free_bytes", "policy"})
     if keys is None:
         return None
     path = keys["path"].str() if "path" in keys else MISSING
@@ -182,6 +184,10 @@ def _parse_buffer(cur: Cursor, base: Path) -> BufferConfig | None:
         "queue_max_samples": _opt(keys, "queue_max_samples", "int", 4096, minimum=1),
         "max_message_readings": _opt(keys, "max_message_readings", "int", 1000, minimum=1,
                                      maximum=100_000),
+        "max_age_s": _opt(keys, "max_age_s", "float", None, minimum=60),
+        "min_free_bytes": _opt(keys, "min_free_bytes", "size", 64 * 1024**2),
+        "policy": _opt(keys, "policy", "enum", OverflowPolicy.DROP_OLDEST,
+                       enum_type=OverflowPolicy),
     }
     if path is MISSING or MISSING in values.values():
         return None

@@ -19,6 +19,7 @@ __all__ = [
     "Durability",
     "GatewayConfig",
     "MqttVersion",
+    "OverflowPolicy",
     "PointBase",
     "Security",
     "TlsConfig",
@@ -82,10 +83,26 @@ class UplinkConfig:
     password: str | None = None
 
 
+class OverflowPolicy(StrEnum):
+    """What the buffer does when a limit (size, free space) is reached."""
+
+    DROP_OLDEST = "drop_oldest"
+    """Evict the oldest telemetry (then, only if nothing else is left, the oldest events)."""
+    DROP_NEWEST = "drop_newest"
+    """Refuse new readings; what is stored stays."""
+    BLOCK = "block"
+    """Stop taking readings: the queue fills, polling slows down (skipped ticks)."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BufferConfig:
     path: Path
     max_bytes: int = 1024**3
+    max_age_s: float | None = None
+    """Readings older than this are evicted (``None``: no age limit)."""
+    min_free_bytes: int = 64 * 1024**2
+    """Free space the buffer always leaves on its filesystem (SD cards fill up)."""
+    policy: OverflowPolicy = OverflowPolicy.DROP_OLDEST
     durability: Durability = Durability.NORMAL
     commit_interval_s: float = 0.25
     """Group-commit period: readings are accepted (durable) at most this long after polling."""

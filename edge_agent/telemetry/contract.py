@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Any, NamedTuple
 
 import orjson
@@ -23,11 +24,13 @@ __all__ = [
     "CONTRACT_VERSION",
     "BodyBuilder",
     "DeviceEvent",
+    "Kind",
     "MessageBody",
     "Topics",
     "encode_body",
     "envelope",
     "format_ts",
+    "ledger_payload",
     "status_payload",
     "topics",
 ]
@@ -52,12 +55,20 @@ def format_ts(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{millis:03d}Z"
 
 
+class Kind(IntEnum):
+    """What a stored message carries; the buffer evicts telemetry before events."""
+
+    TELEMETRY = 0
+    EVENTS = 1
+
+
 @dataclass(frozen=True, slots=True)
 class MessageBody:
     """One stored batch: the encoded ``samples``/``events`` members of a message."""
 
     readings: int
     body: bytes
+    kind: Kind = Kind.TELEMETRY
 
 
 def _sample_object(sample: Sample) -> dict[str, Any]:
@@ -87,7 +98,8 @@ class BodyBuilder:
     Encoding on arrival keeps only compact JSON bytes in memory while a commit window is
     open, not the samples' Python objects. A sample is never split (a block of a few hundred
     readings stays one sample), so a body exceeds ``max_readings`` only when a single sample
-    does. Events count as one reading.
+    does. Events go into messages of their own (``samples`` empty), so the buffer can evict
+    telemetry and keep them; an event counts as one reading.
     """
 
     __slots__ = ("_bodies", "_count", "_events", "_max_readings", "_samples")
@@ -100,36 +112,35 @@ class BodyBuilder:
         self._count = 0
 
     def add(self, item: Sample | DeviceEvent) -> None:
-        if isinstance(item, Sample):
-            size = len(item.names)
-            encoded = orjson.dumps(_sample_object(item))
-        else:
-            size = 1
-            encoded = orjson.dumps(_event_object(item))
+        if not isinstance(item, Sample):
+            self._events.append(orjson.dumps(_event_object(item)))
+            return
+        size = len(item.names)
         if self._count and self._count + size > self._max_readings:
             self._close()
-        (self._samples if isinstance(item, Sample) else self._events).append(encoded)
+        self._samples.append(orjson.dumps(_sample_object(item)))
         self._count += size
 
-    @property
-    def readings(self) -> int:
-        """Readings added and not yet taken."""
-        return self._count + sum(b.readings for b in self._bodies)
-
     def take(self) -> list[MessageBody]:
-        """Every body built so far, the open one included; the builder starts empty."""
+        """Every body built so far (events first), the open one included; the builder
+        starts empty."""
+        bodies: list[MessageBody] = []
+        if self._events:
+            bodies.append(MessageBody(readings=len(self._events), kind=Kind.EVENTS,
+                                      body=b'"samples":[],"events":['
+                                      + b",".join(self._events) + b"]"))
+            self._events = []
         if self._count:
             self._close()
-        bodies, self._bodies = self._bodies, []
+        bodies += self._bodies
+        self._bodies = []
         return bodies
 
     def _close(self) -> None:
         # The members are encoded without their braces so the envelope can go around them.
         body = b'"samples":[' + b",".join(self._samples) + b"]"
-        if self._events:
-            body += b',"events":[' + b",".join(self._events) + b"]"
         self._bodies.append(MessageBody(readings=self._count, body=body))
-        self._samples, self._events, self._count = [], [], 0
+        self._samples, self._count = [], 0
 
 
 def encode_body(items: Iterable[Sample | DeviceEvent], *, max_readings: int
@@ -163,12 +174,30 @@ def status_payload(*, gateway: str, site: str, state: str, reason: str | None = 
 class Topics(NamedTuple):
     telemetry: str
     status: str
+    ledger: str
 
 
 def topics(prefix: str, site: str, gateway: str) -> Topics:
-    """Topic layout: ``<prefix>/<site>/<gateway>/{telemetry,status}``."""
+    """Topic layout: ``<prefix>/<site>/<gateway>/{telemetry,status,ledger}``."""
     base = f"{prefix}/{site}/{gateway}"
-    return Topics(telemetry=f"{base}/telemetry", status=f"{base}/status")
+    return Topics(telemetry=f"{base}/telemetry", status=f"{base}/status",
+                  ledger=f"{base}/ledger")
+
+
+def ledger_payload(*, gateway: str, site: str, entries: Sequence[Any],
+                   totals: dict[str, int]) -> bytes:
+    """Loss-ledger message: sequence ranges that will never be sent, and why.
+
+    ``entries`` are :class:`edge_agent.buffer.store.LedgerEntry` values (duck-typed here so
+    the contract does not depend on the buffer)."""
+    return orjson.dumps({
+        "v": CONTRACT_VERSION, "gateway": gateway, "site": site, "ts": format_ts(time.time()),
+        "entries": [{"id": e.id, "at": format_ts(e.at), "reason": e.reason,
+                     "first_seq": e.first_seq, "last_seq": e.last_seq,
+                     "messages": e.messages, "readings": e.readings, "detail": e.detail}
+                    for e in entries],
+        "totals": totals,
+    })
 
 
 def readings_in(items: Sequence[Sample | DeviceEvent]) -> int:

@@ -26,7 +26,7 @@ from tenacity import (
 
 from edge_agent.buffer.store import BufferStore, StoredBatch
 from edge_agent.config.model import UplinkConfig
-from edge_agent.telemetry.contract import Topics, envelope, status_payload
+from edge_agent.telemetry.contract import Topics, envelope, ledger_payload, status_payload
 
 from .errors import PublishRejected, UplinkError
 
@@ -77,6 +77,9 @@ class Forwarder:
         self._wake = asyncio.Event()
         """Set on every commit and every acknowledgement: the pump has work to look at."""
         self._acked: list[int] = []
+        self._rejected: list[tuple[int, int, str]] = []
+        self._ledger_acked: list[int] = []
+        self._ledger_sending = False
         self._idle = asyncio.Event()
         self.connected = False
         self.published = 0
@@ -167,18 +170,23 @@ class Forwarder:
     async def _pump(self, conn: Connection) -> None:
         """Publish stored batches in sequence order, at most ``max_inflight`` unacked."""
         loop = asyncio.get_running_loop()
-        limit = self._config.max_inflight
+        # One slot of the window stays free for the ledger and status messages.
+        limit = max(1, self._config.max_inflight - 1)
         inflight: set[asyncio.Future[None]] = set()
+        self._ledger_sending = False
         closed = asyncio.ensure_future(conn.wait_closed())
         cursor = 0
         last_flush = time.monotonic()
         try:
             while True:
                 now = time.monotonic()
-                if len(self._acked) >= _DELETE_BATCH or now - last_flush >= _DELETE_EVERY_S:
+                if len(self._acked) >= _DELETE_BATCH or now - last_flush >= _DELETE_EVERY_S \
+                        or self._rejected or self._ledger_acked:
                     await self._flush_acks()
                     last_flush = now
                 self._wake.clear()
+                if self._store.unreported and not self._ledger_sending:
+                    await self._send_ledger(conn)
                 batches: list[StoredBatch] = []
                 if len(inflight) < limit:
                     batches = await loop.run_in_executor(
@@ -207,6 +215,28 @@ class Forwarder:
             for future in inflight:
                 future.cancel()
 
+    async def _send_ledger(self, conn: Connection) -> None:
+        """Report what the buffer gave up (sequence ranges and reasons) to the platform;
+        entries are marked reported only after the broker's PUBACK."""
+        loop = asyncio.get_running_loop()
+        entries = await loop.run_in_executor(self._executor, self._store.unreported_ledger)
+        if not entries:
+            return
+        totals = await loop.run_in_executor(self._executor, self._store.ledger_totals)
+        payload = ledger_payload(gateway=self._gateway, site=self._site, entries=entries,
+                                 totals=totals)
+        future = conn.publish(self._topics.ledger, payload)
+        self._ledger_sending = True
+        ids = [e.id for e in entries]
+
+        def done(f: asyncio.Future[None]) -> None:
+            self._ledger_sending = False
+            if not f.cancelled() and f.exception() is None:
+                self._ledger_acked.extend(ids)
+            self._wake.set()
+
+        future.add_done_callback(done)
+
     def _payload(self, batch: StoredBatch) -> bytes:
         return envelope(gateway=self._gateway, site=self._site, seq=batch.seq, body=batch.body)
 
@@ -222,8 +252,8 @@ class Forwarder:
             self.acked_readings += batch.readings
         elif isinstance(exc, PublishRejected):
             # The broker will never take this message (e.g. not authorised): keep the rest
-            # flowing. Counted here; the loss ledger (issue #4) reports it to the platform.
-            self._acked.append(batch.seq)
+            # flowing, and account for it in the loss ledger.
+            self._rejected.append((batch.seq, batch.readings, str(exc)))
             self.rejected_messages += 1
             self.rejected_readings += batch.readings
             log.error("broker rejected message seq %d (%d readings): %s",
@@ -232,8 +262,19 @@ class Forwarder:
         self._wake.set()
 
     async def _flush_acks(self) -> None:
-        if not self._acked:
+        if not (self._acked or self._rejected or self._ledger_acked):
             return
         acked, self._acked = self._acked, []
+        rejected, self._rejected = self._rejected, []
+        reported, self._ledger_acked = self._ledger_acked, []
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._store.delete, acked)
+        await loop.run_in_executor(self._executor, self._settle, acked, rejected, reported)
+
+    def _settle(self, acked: list[int], rejected: list[tuple[int, int, str]],
+                reported: list[int]) -> None:
+        """On the store's thread: forget what was delivered or refused for good."""
+        for seq, readings, detail in rejected:
+            self._store.record_rejected(seq, readings, detail)
+        self._store.delete(acked + [seq for seq, _, _ in rejected])
+        if reported:
+            self._store.mark_reported(reported)
