@@ -51,6 +51,10 @@ class Agent:
         self.forwarder: Forwarder | None = None
         self.pollers: list[DevicePoller] = []
         self._tasks: _Tasks | None = None
+        self.queue_full_waits = 0
+        """Times a poller found the queue full and had to wait (backpressure)."""
+        self.backpressure = asyncio.Event()
+        """Set once a poller had to wait for room in the queue."""
 
     async def __aenter__(self) -> Agent:
         await self.start()
@@ -82,7 +86,7 @@ class Agent:
                                    on_commit=self.forwarder.notify,
                                    block_when_full=config.buffer.policy
                                    is OverflowPolicy.BLOCK)
-        self.pollers = [DevicePoller(d, drv, self._queue.put)
+        self.pollers = [DevicePoller(d, drv, self._put)
                         for d, drv in zip(config.devices, drivers, strict=True)]
         self._tasks = _Tasks(
             forwarder=asyncio.create_task(self.forwarder.run(), name="forwarder"),
@@ -118,6 +122,14 @@ class Agent:
         self._executor.shutdown(wait=True)
         log.info("agent stopped: %d readings still buffered for the next start (up to "
                  "sequence number %d)", stats.readings, stats.last_seq)
+
+    async def _put(self, item: QueueItem) -> None:
+        """The pollers' sink: the bounded queue. When it is full the poller waits (that is
+        the backpressure) and the wait is made visible."""
+        if self._queue.full():
+            self.queue_full_waits += 1
+            self.backpressure.set()
+        await self._queue.put(item)
 
     def _make_driver(self, device: DeviceConfig) -> Driver:
         entry = DRIVERS[device.driver]

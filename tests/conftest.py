@@ -13,15 +13,17 @@ Variants: ``broker_factory(acl=..., cert_file=..., plaintext=False)`` for anothe
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from edge_agent.config import AgentConfig, parse_config
 from edge_agent.config.model import Security, TlsConfig, UplinkConfig
 from edge_agent.devtools.broker import MosquittoBroker
 from edge_agent.devtools.pki import Pki, make_pki
+from edge_agent.devtools.simulator import SimulatedSite
 from edge_agent.devtools.watch import Watcher
 
 _ids = itertools.count(1)
@@ -128,3 +130,62 @@ def watcher(pki: Pki) -> Iterator[WatcherFactory]:
     yield start
     for w in running:
         w.stop()
+
+
+def agent_config_text(*, tmp: Path, pki: Pki, broker: MosquittoBroker, ports: list[int],
+                interval_s: float = 0.05, port: int | None = None) -> str:
+    """An agent with two devices: a meter with mixed encodings and a station of counters."""
+    return f"""\
+gateway: {{id: gw-e2e, site: town}}
+log_level: DEBUG
+uplink:
+  host: 127.0.0.1
+  port: {port or broker.tls_port}
+  topic_prefix: city
+  reconnect_initial_s: 0.05
+  reconnect_max_s: 0.2
+  shutdown_grace_s: 5
+  tls: {{ca_file: {pki.ca_file}, cert_file: {pki.client_cert}, key_file: {pki.client_key}}}
+buffer:
+  path: {tmp / "buffer.db"}
+  commit_interval_s: 0.05
+  max_message_readings: 20
+devices:
+  - name: meter
+    driver: modbus_tcp
+    connection: {{host: 127.0.0.1, port: {ports[0]}, timeout_s: 1.0}}
+    interval_s: {interval_s}
+    points:
+      - {{name: voltage, table: holding, address: 0, type: float32}}
+      - {{name: power, table: holding, address: 2, type: int32, order: CDAB, scale: 0.1}}
+      - {{name: temp, table: holding, address: 4, type: int16, scale: 0.5, offset: -10}}
+      - {{name: energy, table: input, address: 0, type: uint32, order: DCBA}}
+      - {{name: relay, table: coil, address: 3, type: bool}}
+  - name: station
+    driver: modbus_tcp
+    connection: {{host: 127.0.0.1, port: {ports[1]}, timeout_s: 1.0}}
+    interval_s: {interval_s}
+    points:
+      - {{name: counter, table: holding, address: 0, type: uint16, repeat: 30}}
+"""
+
+
+@pytest.fixture
+async def site() -> AsyncIterator[SimulatedSite]:
+    """Two simulated Modbus TCP devices on 127.0.0.1 (64 registers and bits each)."""
+    async with SimulatedSite(devices=2, registers=64) as running:
+        yield running
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, pki: Pki, broker: MosquittoBroker, site: SimulatedSite
+                ) -> Callable[..., AgentConfig]:
+    """Agent configuration for ``site`` and ``broker`` (written to tmp_path/agent.yaml);
+    keyword arguments go to :func:`agent_config_text`."""
+
+    def make(**kwargs: Any) -> AgentConfig:
+        text = agent_config_text(tmp=tmp_path, pki=pki, broker=broker, ports=site.ports, **kwargs)
+        (tmp_path / "agent.yaml").write_text(text)
+        return parse_config(text, source=str(tmp_path / "agent.yaml"), base_dir=tmp_path)
+
+    return make

@@ -12,7 +12,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ import orjson
 import pytest
 
 from edge_agent.agent import Agent
-from edge_agent.config import AgentConfig, parse_config
+from edge_agent.config import AgentConfig
 from edge_agent.devtools.broker import MosquittoBroker
 from edge_agent.devtools.pki import Pki
 from edge_agent.devtools.simulator import SimulatedSite
@@ -32,63 +32,9 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 TOPIC = "city/town/gw-e2e/telemetry"
 
 
-def config_text(*, tmp: Path, pki: Pki, broker: MosquittoBroker, ports: list[int],
-                interval_s: float = 0.05) -> str:
-    return f"""\
-gateway: {{id: gw-e2e, site: town}}
-log_level: DEBUG
-uplink:
-  host: 127.0.0.1
-  port: {broker.tls_port}
-  topic_prefix: city
-  reconnect_initial_s: 0.05
-  reconnect_max_s: 0.2
-  shutdown_grace_s: 5
-  tls: {{ca_file: {pki.ca_file}, cert_file: {pki.client_cert}, key_file: {pki.client_key}}}
-buffer:
-  path: {tmp / "buffer.db"}
-  commit_interval_s: 0.05
-  max_message_readings: 20
-devices:
-  - name: meter
-    driver: modbus_tcp
-    connection: {{host: 127.0.0.1, port: {ports[0]}, timeout_s: 1.0}}
-    interval_s: {interval_s}
-    points:
-      - {{name: voltage, table: holding, address: 0, type: float32}}
-      - {{name: power, table: holding, address: 2, type: int32, order: CDAB, scale: 0.1}}
-      - {{name: temp, table: holding, address: 4, type: int16, scale: 0.5, offset: -10}}
-      - {{name: energy, table: input, address: 0, type: uint32, order: DCBA}}
-      - {{name: relay, table: coil, address: 3, type: bool}}
-  - name: station
-    driver: modbus_tcp
-    connection: {{host: 127.0.0.1, port: {ports[1]}, timeout_s: 1.0}}
-    interval_s: {interval_s}
-    points:
-      - {{name: counter, table: holding, address: 0, type: uint16, repeat: 30}}
-"""
-
-
 @pytest.fixture
 def schema() -> dict[str, Any]:
     return dict(json.loads((DOCS / "telemetry-v1.schema.json").read_text()))
-
-
-@pytest.fixture
-async def site() -> AsyncIterator[SimulatedSite]:
-    async with SimulatedSite(devices=2, registers=64) as running:
-        yield running
-
-
-@pytest.fixture
-def make_config(tmp_path: Path, pki: Pki, broker: MosquittoBroker, site: SimulatedSite
-                ) -> Callable[..., AgentConfig]:
-    def make(**kwargs: Any) -> AgentConfig:
-        text = config_text(tmp=tmp_path, pki=pki, broker=broker, ports=site.ports, **kwargs)
-        (tmp_path / "agent.yaml").write_text(text)
-        return parse_config(text, source=str(tmp_path / "agent.yaml"), base_dir=tmp_path)
-
-    return make
 
 
 def telemetry(messages: list[Received]) -> list[dict[str, Any]]:

@@ -384,9 +384,13 @@ class BufferStore:
                             f"older than max_age_s={self.max_age_s:g}")
                 if len(expired) < _EVICT_CHUNK:
                     break
-        while self.policy is not OverflowPolicy.DROP_NEWEST:  # that one refuses up front
+        while True:
             room, short = self._limits()
             if room is None or room >= 0:
+                return
+            # drop_newest refused up front; block stops taking readings before the limit.
+            # Both still evict to keep the free-space guard: the card must never fill.
+            if self.policy is not OverflowPolicy.DROP_OLDEST and not short:
                 return
             candidates = self._db.execute(
                 "SELECT seq, readings, length(body) FROM batch ORDER BY kind, seq LIMIT ?",

@@ -46,6 +46,8 @@ class BufferWriter:
         self.failed_commits = 0
         self._committed = asyncio.Condition()
         self._block_when_full = block_when_full
+        self.blocking = asyncio.Event()
+        """Set while the writer holds polling back because the buffer is full."""
         self.blocked_s = 0.0
         """Time the writer held polling back because the buffer was full (policy block)."""
 
@@ -109,9 +111,13 @@ class BufferWriter:
         log.warning("buffer full: holding polling back until the uplink frees room "
                     "(policy block)")
         started = loop.time()
-        while await loop.run_in_executor(self._executor, self._store.full):
-            await asyncio.sleep(self._commit_interval_s)
-        self.blocked_s += loop.time() - started
+        self.blocking.set()
+        try:
+            while await loop.run_in_executor(self._executor, self._store.full):
+                await asyncio.sleep(self._commit_interval_s)
+        finally:
+            self.blocking.clear()
+            self.blocked_s += loop.time() - started
         log.info("buffer has room again after %.1f s", loop.time() - started)
 
     async def wait_for_commits(self, count: int) -> None:

@@ -1,0 +1,140 @@
+"""The loss ledger reaches the platform: every sequence number is delivered or explained."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import orjson
+
+from edge_agent.agent import Agent
+from edge_agent.config import AgentConfig, OverflowPolicy
+from edge_agent.devtools.broker import MosquittoBroker
+from edge_agent.devtools.pki import Pki
+from edge_agent.devtools.watch import Received, Watcher
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+BASE = "city/town/gw-e2e"
+
+
+def docs_of(messages: list[Received], leaf: str) -> list[dict[str, Any]]:
+    return [orjson.loads(m.payload) for m in messages if m.topic == f"{BASE}/{leaf}"]
+
+
+def explained(messages: list[Received]) -> set[int]:
+    """Sequence numbers the platform received or that a ledger entry accounts for."""
+    seen = {d["seq"] for d in docs_of(messages, "telemetry")}
+    for ledger in docs_of(messages, "ledger"):
+        for entry in ledger["entries"]:
+            if entry["first_seq"] is not None:
+                seen |= set(range(entry["first_seq"], entry["last_seq"] + 1))
+    return seen
+
+
+async def test_cap_evictions_during_an_outage_are_reported_and_reconcile(
+        broker: MosquittoBroker, watcher: Callable[..., Watcher],
+        make_config: Callable[..., AgentConfig]) -> None:
+    """With the broker down and a tiny buffer, the oldest messages are evicted; once the
+    broker is back the ledger arrives and, with the telemetry, explains every number."""
+    config = make_config()
+    config = dataclasses.replace(
+        config, buffer=dataclasses.replace(config.buffer, max_bytes=64 * 1024))
+    broker.stop()
+    async with Agent(config) as agent:
+        assert agent.writer is not None and agent.store is not None
+        while "evicted_by_cap" not in agent.store.ledger_totals():
+            await agent.writer.wait_for_commits(agent.writer.commits + 1)
+        broker.start()
+        seen = watcher(broker, f"{BASE}/#")
+        target = agent.store.last_seq
+        messages = await seen.wait_until_async(
+            lambda ms: set(range(1, target + 1)) <= explained(ms),
+            what=f"sequence numbers 1..{target} delivered or explained")
+    schema = json.loads((DOCS / "ledger-v1.schema.json").read_text())
+    ledgers = docs_of(messages, "ledger")
+    for ledger in ledgers:
+        jsonschema.validate(ledger, schema)
+    reasons = {e["reason"] for ledger in ledgers for e in ledger["entries"]}
+    assert reasons == {"evicted_by_cap"}
+    assert ledgers[-1]["totals"]["evicted_by_cap"] > 0
+
+
+async def test_messages_the_broker_refuses_are_ledgered_and_flow_goes_on(
+        pki: Pki, broker_factory: Callable[..., MosquittoBroker],
+        watcher: Callable[..., Watcher], make_config: Callable[..., AgentConfig],
+        tmp_path: Path) -> None:
+    """Under MQTT 5 a telemetry message the broker's ACL refuses (0x87) is recorded as
+    rejected_by_broker and reported; the agent does not retry it forever."""
+    acl = (f"user {pki.client_common_name}\n"
+           f"topic readwrite {BASE}/status\ntopic readwrite {BASE}/ledger\n"
+           "topic read city/#\n")
+    strict = broker_factory(acl=acl)
+    config = make_config()
+    config = dataclasses.replace(
+        config, uplink=dataclasses.replace(config.uplink, port=strict.tls_port))
+    seen = watcher(strict, f"{BASE}/#")
+    async with Agent(config):
+        messages = await seen.wait_until_async(
+            lambda ms: any(e["reason"] == "rejected_by_broker"
+                           for d in docs_of(ms, "ledger") for e in d["entries"]),
+            what="a ledger entry for a refused message")
+    assert not docs_of(messages, "telemetry")
+    entry = next(e for d in docs_of(messages, "ledger") for e in d["entries"])
+    assert entry["first_seq"] == entry["last_seq"] and entry["messages"] == 1
+    assert "0x87" in entry["detail"]
+
+
+async def test_drop_newest_refusals_reach_the_platform(
+        broker: MosquittoBroker, watcher: Callable[..., Watcher],
+        make_config: Callable[..., AgentConfig]) -> None:
+    """Under drop_newest the stored backlog is delivered and the refused ranges are
+    reported, so every number is again accounted for."""
+    config = make_config()
+    config = dataclasses.replace(config, buffer=dataclasses.replace(
+        config.buffer, max_bytes=64 * 1024, policy=OverflowPolicy.DROP_NEWEST))
+    broker.stop()
+    async with Agent(config) as agent:
+        assert agent.writer is not None and agent.store is not None
+        while "refused_by_cap" not in agent.store.ledger_totals():
+            await agent.writer.wait_for_commits(agent.writer.commits + 1)
+        broker.start()
+        seen = watcher(broker, f"{BASE}/#")
+        target = agent.store.last_seq
+        messages = await seen.wait_until_async(
+            lambda ms: set(range(1, target + 1)) <= explained(ms),
+            what=f"sequence numbers 1..{target} delivered or explained")
+    refused = {s for d in docs_of(messages, "ledger") for e in d["entries"]
+               for s in range(e["first_seq"], e["last_seq"] + 1)}
+    delivered = {d["seq"] for d in docs_of(messages, "telemetry")}
+    assert min(delivered) == 1  # the oldest were kept
+    assert refused and min(refused) > 1
+
+
+async def test_block_policy_slows_polling_instead_of_dropping(
+        broker: MosquittoBroker, watcher: Callable[..., Watcher],
+        make_config: Callable[..., AgentConfig]) -> None:
+    """Under block a full buffer holds polling back (skipped ticks grow, nothing is
+    ledgered); when the uplink frees room everything stored is delivered without gaps."""
+    config = make_config()
+    config = dataclasses.replace(config, buffer=dataclasses.replace(
+        config.buffer, max_bytes=64 * 1024, policy=OverflowPolicy.BLOCK, queue_max_samples=8))
+    broker.stop()
+    async with Agent(config) as agent:
+        assert agent.writer is not None and agent.store is not None
+        skipped = sum(p.stats.skipped_ticks for p in agent.pollers)
+        await agent.writer.blocking.wait()  # the buffer filled up: the writer stops taking
+        await agent.backpressure.wait()  # and a poller now waits for room in the queue
+        assert agent.store.ledger_totals() == {}
+        broker.start()
+        seen = watcher(broker, f"{BASE}/telemetry")
+        target = agent.store.last_seq
+        messages = await seen.wait_until_async(
+            lambda ms: set(range(1, target + 1)) <= explained(ms),
+            what=f"sequence numbers 1..{target} delivered")
+    assert agent.writer.blocked_s > 0
+    assert sum(p.stats.skipped_ticks for p in agent.pollers) > skipped  # the slowdown
+    assert not docs_of(messages, "ledger")
