@@ -147,14 +147,32 @@ class Agent:
                                                           reason="connection lost"))
 
     async def _log_stats(self) -> None:
+        written_before, accepted_before = _bytes_written(), 0
         while True:
             await asyncio.sleep(STATS_EVERY_S)
             assert self.writer and self.forwarder
             down = [p.device.name for p in self.pollers if p.stats.state != "available"]
-            log.info("accepted %d readings, delivered %d, uplink %s, devices down: %s",
-                     self.writer.accepted_readings, self.forwarder.acked_readings,
+            written, accepted = _bytes_written(), self.writer.accepted_readings
+            per_reading = ((written - written_before) / (accepted - accepted_before)
+                           if accepted > accepted_before else 0.0)
+            written_before, accepted_before = written, accepted
+            log.info("accepted %d readings, delivered %d, uplink %s, devices down: %s, "
+                     "disk %.1f bytes written per reading, backpressure waits %d",
+                     accepted, self.forwarder.acked_readings,
                      "connected" if self.forwarder.connected else "disconnected",
-                     ", ".join(down) or "none")
+                     ", ".join(down) or "none", per_reading, self.queue_full_waits)
+
+
+def _bytes_written() -> int:
+    """Bytes this process caused to be written to storage (SD-card wear), from the kernel."""
+    try:
+        with open("/proc/self/io") as io:
+            for line in io:
+                if line.startswith("write_bytes:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 async def _cancel_all(tasks: list[asyncio.Task[None]], *, patience_s: float = 0.5) -> None:

@@ -178,7 +178,7 @@ def _parse_buffer(cur: Cursor, base: Path) -> BufferConfig | None:
     path = keys["path"].str() if "path" in keys else MISSING
     values = {
         "max_bytes": _opt(keys, "max_bytes", "size", 1024**3, minimum=1024**2),
-        "durability": _opt(keys, "durability", "enum", Durability.NORMAL, enum_type=Durability),
+        "durability": _opt(keys, "durability", "enum", Durability.FULL, enum_type=Durability),
         "commit_interval_s": _opt(keys, "commit_interval_s", "float", 0.25, minimum=0.001,
                                   maximum=60),
         "queue_max_samples": _opt(keys, "queue_max_samples", "int", 4096, minimum=1),

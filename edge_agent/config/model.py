@@ -103,7 +103,7 @@ class BufferConfig:
     min_free_bytes: int = 64 * 1024**2
     """Free space the buffer always leaves on its filesystem (SD cards fill up)."""
     policy: OverflowPolicy = OverflowPolicy.DROP_OLDEST
-    durability: Durability = Durability.NORMAL
+    durability: Durability = Durability.FULL
     commit_interval_s: float = 0.25
     """Group-commit period: readings are accepted (durable) at most this long after polling."""
     queue_max_samples: int = 4096

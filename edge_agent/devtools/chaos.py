@@ -30,6 +30,7 @@ from pathlib import Path
 
 import orjson
 
+from edge_agent.devtools.broker import MosquittoBroker
 from edge_agent.devtools.pki import Pki
 from edge_agent.devtools.watch import Received
 
@@ -39,6 +40,9 @@ __all__ = [
     "Reconciliation",
     "SeqLedger",
     "chaos_config",
+    "duplicates_per_epoch",
+    "open_copy",
+    "quiesce_and_stop_broker",
     "read_buffer",
     "reconcile",
     "snapshot_buffer",
@@ -226,6 +230,27 @@ def _view(conn: sqlite3.Connection) -> BufferView:
         conn.execute("COMMIT")
     return BufferView(last_seq=row[0] if row else 0, seqs=seqs, readings=int(readings),
                       body_bytes=int(size))
+
+
+def quiesce_and_stop_broker(agent: AgentProcess, db: Path, ledger: SeqLedger,
+                            broker: MosquittoBroker, *, timeout_s: float) -> BufferView:
+    """Stop the broker under load without the subscriber missing what it acknowledged.
+
+    The broker here keeps no persistence: a message it acknowledged but had not yet
+    forwarded when stopped would be lost between broker and subscriber, which is not the
+    agent's doing. So the agent is frozen first, the subscriber gets everything the agent
+    already deleted (acknowledged), then the broker stops and the agent resumes. Returns
+    the buffer as it was at the stop.
+    """
+    agent.freeze()
+    try:
+        at_stop = read_buffer(db)
+        deleted = set(range(1, at_stop.last_seq + 1)) - at_stop.seqs
+        ledger.wait_for(deleted, timeout_s=timeout_s)
+        broker.stop()
+    finally:
+        agent.thaw()
+    return at_stop
 
 
 def uncompressed_body_bytes(db: Path) -> int:
