@@ -40,7 +40,9 @@ class Sample(NamedTuple):
 
     device: str
     ts: float
-    """UTC time of the reading, seconds since the Unix epoch."""
+    """When the reading was taken, on the **monotonic** clock (``time.monotonic()``). The
+    writer turns it into UTC with the clock offset it trusts at that moment, so a wall
+    clock that is wrong or steps (no RTC, NTP not synced yet) can be corrected later."""
     quality: Quality
     names: Sequence[str]
     values: Sequence[Any]

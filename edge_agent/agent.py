@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from edge_agent.buffer.store import BufferStore
 from edge_agent.buffer.writer import BufferWriter, QueueItem
+from edge_agent.clock import ClockMonitor, SyncCheck, kernel_synchronized
 from edge_agent.config.model import AgentConfig, DeviceConfig, OverflowPolicy
 from edge_agent.drivers.base import Driver
 from edge_agent.drivers.registry import DRIVERS, load
@@ -41,8 +42,10 @@ class _Tasks:
 class Agent:
     """One running agent. Use ``async with Agent(config) as agent`` and ``agent.stop``."""
 
-    def __init__(self, config: AgentConfig) -> None:
+    def __init__(self, config: AgentConfig, *, clock: ClockMonitor | None = None) -> None:
+        """``clock`` replaces the system clock sources (tests step it)."""
         self.config = config
+        self._clock = clock
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="buffer")
         self._queue: asyncio.Queue[QueueItem] = asyncio.Queue(config.buffer.queue_max_samples)
         self.topics = topics(config.uplink.topic_prefix, config.gateway.site, config.gateway.id)
@@ -79,8 +82,13 @@ class Agent:
                  config.buffer.path, stats.readings, stats.last_seq)
         self.forwarder = Forwarder(self.store, executor=self._executor, config=config.uplink,
                                    gateway=config.gateway.id, site=config.gateway.site,
-                                   topics=self.topics, connect=self._connection)
+                                   topics=self.topics, connect=self._connection,
+                                   on_deleted=self._room_freed)
+        clock = self._clock or ClockMonitor(
+            synchronized=kernel_synchronized
+            if config.clock.sync_check is SyncCheck.KERNEL else None)
         self.writer = BufferWriter(self.store, self._queue, executor=self._executor,
+                                   clock=clock, max_hold_s=config.clock.max_hold_s,
                                    commit_interval_s=config.buffer.commit_interval_s,
                                    max_message_readings=config.buffer.max_message_readings,
                                    on_commit=self.forwarder.notify,
@@ -122,6 +130,10 @@ class Agent:
         self._executor.shutdown(wait=True)
         log.info("agent stopped: %d readings still buffered for the next start (up to "
                  "sequence number %d)", stats.readings, stats.last_seq)
+
+    def _room_freed(self) -> None:
+        if self.writer is not None:
+            self.writer.room_freed()
 
     async def _put(self, item: QueueItem) -> None:
         """The pollers' sink: the bounded queue. When it is full the poller waits (that is

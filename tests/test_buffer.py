@@ -12,6 +12,7 @@ import orjson
 
 from edge_agent.buffer import BufferStore, BufferWriter
 from edge_agent.buffer.writer import QueueItem
+from edge_agent.clock import ClockMonitor
 from edge_agent.config import Durability, OverflowPolicy
 from edge_agent.drivers.base import Quality, Sample
 from edge_agent.telemetry.contract import DeviceEvent, Kind
@@ -88,7 +89,8 @@ async def test_writer_group_commits_and_encodes(tmp_path: Path) -> None:
     committed = asyncio.Event()
     with ThreadPoolExecutor(1) as executor:
         writer = BufferWriter(store, queue, executor=executor, commit_interval_s=0.05,
-                              max_message_readings=25, on_commit=committed.set)
+                              max_message_readings=25, on_commit=committed.set,
+                              clock=ClockMonitor(wall=lambda: 0.0, monotonic=lambda: 0.0))
         for i in range(5):
             queue.put_nowait(sample("m", i))
         queue.put_nowait(DeviceEvent("m", 1_700_000_001.0, "unavailable", "timeout"))

@@ -67,7 +67,7 @@ def test_every_problem_is_reported_with_path_and_line(tmp_path: Path) -> None:
 def test_missing_sections_and_unknown_top_level_key(tmp_path: Path) -> None:
     """Missing required sections and unknown keys are errors, not defaults."""
     found = problems("gateway: {id: gw-1, site: s}\nbufer: {path: x.db}\n", tmp_path)
-    assert "bufer (line 2): unknown key (did you mean 'buffer'?); allowed here: buffer, " \
+    assert "bufer (line 2): unknown key (did you mean 'buffer'?); allowed here: buffer, clock, " \
            "devices, gateway, log_level, uplink" in found
     assert "missing required key 'uplink'" in " ".join(found)
     assert "missing required key 'devices'" in " ".join(found)

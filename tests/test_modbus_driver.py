@@ -157,11 +157,11 @@ async def test_sample_shape(site: SimulatedSite, opened: Opener) -> None:
     site.set_registers(0, 0, [1, 2])
     driver = await opened(make_driver(site.ports[0], [point("a", 0), point("b", 1)]))
     plan = driver.plan(["a", "b"])
-    before = time.time()
+    before = time.monotonic()  # samples carry monotonic time; the writer makes it UTC
     (first,) = await driver.read(plan)
     (second,) = await driver.read(plan)
     assert first.device == "meter-1"
-    assert before <= first.ts <= second.ts <= time.time()
+    assert before <= first.ts <= second.ts <= time.monotonic()
     assert first.names == ("a", "b") and first.names is second.names
     assert list(first.values) == [1, 2]
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pymodbus.pdu import ModbusPDU
@@ -66,7 +66,6 @@ ILLEGAL_DATA_ADDRESS = 2
 
 _GOOD = Quality.GOOD
 _BAD = Quality.BAD
-_now = time.time
 _FUNCTION = {Table.COIL: 1, Table.DISCRETE: 2, Table.HOLDING: 3, Table.INPUT: 4}
 _READERS = {
     Table.HOLDING: "read_holding_registers",
@@ -98,7 +97,8 @@ class ModbusDriver:
     from one task. ``write`` may run beside ``read``: the bus serialises requests.
     """
 
-    def __init__(self, device: DeviceConfig) -> None:
+    def __init__(self, device: DeviceConfig, *, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
         connection = device.connection
         if not isinstance(connection, ModbusTcpConnection | ModbusRtuOverTcpConnection
                           | ModbusRtuConnection):
@@ -112,6 +112,7 @@ class ModbusDriver:
             else f"{connection.host}:{connection.port}"
         self._where = f"{device.name} ({where} unit {connection.unit_id})"
         self._bus: Bus | None = None
+        self._clock = clock
 
     @property
     def name(self) -> str:
@@ -171,7 +172,7 @@ class ModbusDriver:
             rtu_frame_bytes(_FUNCTION[block.table], block.count), count=block.count)
 
     def _sample(self, block: ReadBlock, response: ModbusPDU) -> Sample:
-        ts = _now()
+        ts = self._clock()
         if response.isError():
             code = getattr(response, "exception_code", 0)
             return Sample(self._name, ts, _BAD, block.names, [None] * len(block.names),

@@ -28,8 +28,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+import orjson
+
+from edge_agent.clock import BOOT_ID
 from edge_agent.config.model import Durability, OverflowPolicy
-from edge_agent.telemetry.contract import Kind
+from edge_agent.telemetry.contract import Kind, format_ts, parse_ts
 
 __all__ = [
     "BufferStats",
@@ -48,7 +51,10 @@ CREATE TABLE IF NOT EXISTS batch (
     created REAL NOT NULL,
     readings INTEGER NOT NULL,
     body BLOB NOT NULL,
-    kind INTEGER NOT NULL DEFAULT 0
+    kind INTEGER NOT NULL DEFAULT 0,
+    clock_offset REAL,
+    boot_id TEXT,
+    clock_flag INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS ledger (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -66,7 +72,9 @@ CREATE TABLE IF NOT EXISTS meta (
     value
 );
 """
-_FORMAT_VERSION = 2
+_FORMAT_VERSION = 3
+_HELD = "clock_offset IS NOT NULL AND clock_flag = 0"
+"""Rows whose timestamps wait for a trusted clock: nothing at or after them is sent."""
 _COMPRESS_LEVEL = 1
 _CACHE_KIB = 512
 _RESERVE = 1_000_000
@@ -98,6 +106,8 @@ class StoredBatch:
     created: float
     body: bytes
     """Uncompressed body, ready for the envelope."""
+    clock_unsynchronized: bool = False
+    """Timestamps taken with an unsynchronised clock that could not be corrected."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,8 +212,15 @@ class BufferStore:
 
     def _migrate(self) -> None:
         columns = {r[1] for r in self._db.execute("PRAGMA table_info(batch)")}
-        if "kind" not in columns:  # format 1 had no kind column
-            self._db.execute("ALTER TABLE batch ADD COLUMN kind INTEGER NOT NULL DEFAULT 0")
+        for name, declaration in (("kind", "INTEGER NOT NULL DEFAULT 0"),  # format 1
+                                  ("clock_offset", "REAL"), ("boot_id", "TEXT"),  # format 2
+                                  ("clock_flag", "INTEGER NOT NULL DEFAULT 0")):
+            if name not in columns:
+                self._db.execute(f"ALTER TABLE batch ADD COLUMN {name} {declaration}")
+        self._db.execute(f"CREATE INDEX IF NOT EXISTS batch_held ON batch(seq) WHERE {_HELD}")
+        # Held in an earlier boot: the monotonic clock they relate to is gone.
+        self._db.execute(f"UPDATE batch SET clock_flag = 1 WHERE {_HELD} AND boot_id IS NOT ?",
+                         (BOOT_ID,))
         self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('format', ?)",
                          (_FORMAT_VERSION,))
 
@@ -237,17 +254,23 @@ class BufferStore:
 
     # the data path ---------------------------------------------------------------------
 
-    def append(self, batches: Sequence[tuple[int, bytes, Kind]], *, created: float
-               ) -> list[int]:
+    def append(self, batches: Sequence[tuple[int, bytes, Kind]], *, created: float,
+               clock_offset: float | None = None) -> list[int]:
         """Store ``(readings, body, kind)`` batches in one transaction and return their
         sequence numbers. Once this returns, the readings are accepted (or, under
-        ``drop_newest`` with the buffer full, refused and recorded in the ledger)."""
+        ``drop_newest`` with the buffer full, refused and recorded in the ledger).
+
+        ``clock_offset`` (wall minus monotonic when the readings were stamped) marks
+        timestamps taken with an untrusted clock: such batches are held back until
+        :meth:`correct_clock` or :meth:`flag_held`."""
         first = self.last_seq + 1
         seqs = list(range(first, first + len(batches)))
         if not batches:
             return seqs
         self._reserve(seqs[-1])
-        rows = [(seq, created, readings, zlib.compress(body, _COMPRESS_LEVEL), int(kind))
+        boot = BOOT_ID if clock_offset is not None else None
+        rows = [(seq, created, readings, zlib.compress(body, _COMPRESS_LEVEL), int(kind),
+                 clock_offset, boot)
                 for seq, (readings, body, kind) in zip(seqs, batches, strict=True)]
         room, short = self._limits()
         incoming = sum(len(r[3]) for r in rows)
@@ -262,8 +285,8 @@ class BufferStore:
         try:
             with self._transaction():
                 self._db.executemany(
-                    "INSERT INTO batch(seq, created, readings, body, kind) "
-                    "VALUES (?, ?, ?, ?, ?)", rows)
+                    "INSERT INTO batch(seq, created, readings, body, kind, clock_offset, "
+                    "boot_id) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot write to buffer {self.path}: {exc}") from exc
         self.last_seq = seqs[-1]
@@ -273,13 +296,15 @@ class BufferStore:
     def read_after(self, seq: int, limit: int) -> list[StoredBatch]:
         """The oldest stored batches with a sequence number above ``seq``. A row that can
         no longer be decoded is removed and recorded in the ledger, never retried."""
+        held = self._db.execute(f"SELECT min(seq) FROM batch WHERE {_HELD}").fetchone()[0]
         rows = self._db.execute(
-            "SELECT seq, readings, created, body FROM batch WHERE seq > ? ORDER BY seq LIMIT ?",
-            (seq, limit)).fetchall()
+            "SELECT seq, readings, created, body, clock_flag FROM batch "
+            "WHERE seq > ? AND seq < ? ORDER BY seq LIMIT ?",
+            (seq, held if held is not None else 2**63 - 1, limit)).fetchall()
         out: list[StoredBatch] = []
-        for s, n, c, b in rows:
+        for s, n, c, b, flag in rows:
             try:
-                out.append(StoredBatch(s, n, c, zlib.decompress(b)))
+                out.append(StoredBatch(s, n, c, zlib.decompress(b), bool(flag)))
             except (zlib.error, TypeError) as exc:
                 log.error("buffer row seq %d is unreadable (%s): dropped", s, exc)
                 with self._transaction():
@@ -293,6 +318,38 @@ class BufferStore:
             return
         with self._transaction():
             self._db.executemany("DELETE FROM batch WHERE seq = ?", [(s,) for s in seqs])
+
+    def correct_clock(self, offset: float) -> int:
+        """The clock is trusted now, with ``offset`` = wall minus monotonic: shift every
+        held timestamp of this boot by its error and release the batches. Returns how
+        many batches were corrected."""
+        rows = self._db.execute(
+            f"SELECT seq, body, clock_offset FROM batch WHERE {_HELD} AND boot_id = ?",
+            (BOOT_ID,)).fetchall()
+        fixed = []
+        for seq, body, held_offset in rows:
+            try:
+                members = shift_timestamps(zlib.decompress(body), offset - held_offset)
+            except (zlib.error, ValueError) as exc:
+                log.error("cannot correct timestamps of seq %d (%s): sent flagged", seq, exc)
+                fixed.append((body, 1, seq))
+                continue
+            fixed.append((zlib.compress(members, _COMPRESS_LEVEL), 0, seq))
+        with self._transaction():
+            self._db.executemany("UPDATE batch SET body = ?, clock_flag = ?, clock_offset = "
+                                 "NULL WHERE seq = ?", fixed)
+            self._db.execute(f"UPDATE batch SET clock_flag = 1 WHERE {_HELD}")  # other boots
+        return len(fixed)
+
+    def flag_held(self) -> int:
+        """Give up waiting for a trusted clock: release held batches, flagged."""
+        with self._transaction():
+            count = self._db.execute(f"UPDATE batch SET clock_flag = 1 WHERE {_HELD}").rowcount
+        return int(count)
+
+    def held(self) -> int:
+        """Batches waiting for a trusted clock."""
+        return int(self._db.execute(f"SELECT count(*) FROM batch WHERE {_HELD}").fetchone()[0])
 
     def record_rejected(self, seq: int, readings: int, detail: str) -> None:
         """The broker refused a message for good (MQTT 5 reason code): ledger it."""
@@ -415,6 +472,14 @@ class BufferStore:
             self._db.executemany("DELETE FROM batch WHERE seq = ?", [(r[0],) for r in rows])
         for first, last, messages, readings in _runs(rows):
             self._record(reason, first, last, messages, readings, detail)
+
+
+def shift_timestamps(body: bytes, delta_s: float) -> bytes:
+    """A stored body with every sample and event ``ts`` moved by ``delta_s`` seconds."""
+    members = orjson.loads(b"{" + body + b"}")
+    for item in (*members.get("samples", ()), *members.get("events", ())):
+        item["ts"] = format_ts(parse_ts(item["ts"]) + delta_s)
+    return orjson.dumps(members)[1:-1]
 
 
 def _runs(rows: list[tuple[int, int]]) -> list[tuple[int, int, int, int]]:

@@ -13,11 +13,13 @@ from typing import Any
 
 import yaml
 
+from edge_agent.clock import SyncCheck
 from edge_agent.drivers.registry import DRIVERS, load
 
 from .model import (
     AgentConfig,
     BufferConfig,
+    ClockConfig,
     DeviceConfig,
     Durability,
     GatewayConfig,
@@ -61,7 +63,7 @@ def parse_config(text: str, *, source: str = "<config>", base_dir: Path | None =
 
 def _parse_root(root: Cursor, base: Path) -> AgentConfig | None:
     keys = root.mapping(required={"gateway", "uplink", "buffer", "devices"},
-                        optional={"log_level"})
+                        optional={"log_level", "clock"})
     if keys is None:
         return None
     gateway = _parse_gateway(keys["gateway"]) if "gateway" in keys else None
@@ -76,11 +78,23 @@ def _parse_root(root: Cursor, base: Path) -> AgentConfig | None:
             keys["log_level"].error(f"{level!r} is not one of {sorted(_LOG_LEVELS)}")
         elif level is not MISSING:
             log_level = level.upper()
-    if None in (gateway, uplink, buffer, devices) or root.problems:
+    clock = _parse_clock(keys["clock"]) if "clock" in keys else ClockConfig()
+    if None in (gateway, uplink, buffer, devices, clock) or root.problems:
         return None
-    assert gateway and uplink and buffer and devices is not None
+    assert gateway and uplink and buffer and clock and devices is not None
     return AgentConfig(gateway=gateway, uplink=uplink, buffer=buffer, devices=devices,
-                       log_level=log_level, source=root.problems.source)
+                       clock=clock, log_level=log_level, source=root.problems.source)
+
+
+def _parse_clock(cur: Cursor) -> ClockConfig | None:
+    keys = cur.mapping(required=set(), optional={"sync_check", "max_hold_s"})
+    if keys is None:
+        return None
+    sync_check = _opt(keys, "sync_check", "enum", SyncCheck.NONE, enum_type=SyncCheck)
+    max_hold_s = _opt(keys, "max_hold_s", "float", 600.0, minimum=0)
+    if MISSING in (sync_check, max_hold_s):
+        return None
+    return ClockConfig(sync_check=sync_check, max_hold_s=max_hold_s)
 
 
 def _parse_gateway(cur: Cursor) -> GatewayConfig | None:

@@ -12,9 +12,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from edge_agent.clock import SyncCheck
+
 __all__ = [
     "AgentConfig",
     "BufferConfig",
+    "ClockConfig",
     "DeviceConfig",
     "Durability",
     "GatewayConfig",
@@ -113,6 +116,15 @@ class BufferConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ClockConfig:
+    sync_check: SyncCheck = SyncCheck.NONE
+    """``kernel`` on gateways without a real-time clock (Raspberry Pi): readings taken
+    before NTP sync are held back and their timestamps corrected once it arrives."""
+    max_hold_s: float = 600.0
+    """How long to wait for sync before sending held readings flagged as unsynchronised."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PointBase:
     """What every driver's point has in common."""
 
@@ -140,5 +152,6 @@ class AgentConfig:
     uplink: UplinkConfig
     buffer: BufferConfig
     devices: tuple[DeviceConfig, ...]
+    clock: ClockConfig = ClockConfig()
     log_level: str = "INFO"
     source: str = "<memory>"

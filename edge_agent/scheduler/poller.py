@@ -73,7 +73,7 @@ class DevicePoller:
     """Polls one device's groups at fixed rates and feeds samples to the sink."""
 
     def __init__(self, device: DeviceConfig, driver: Driver, sink: Sink, *,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.device = device
         self._driver = driver
         self._sink = sink

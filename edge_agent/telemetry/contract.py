@@ -10,6 +10,7 @@ payload, not a repeated device name and timestamp.
 
 from __future__ import annotations
 
+import calendar
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ __all__ = [
     "envelope",
     "format_ts",
     "ledger_payload",
+    "parse_ts",
     "status_payload",
     "topics",
 ]
@@ -44,6 +46,7 @@ class DeviceEvent(NamedTuple):
 
     device: str
     ts: float
+    """Monotonic time, like :attr:`Sample.ts`."""
     state: str
     detail: str | None = None
 
@@ -62,6 +65,12 @@ class Kind(IntEnum):
     EVENTS = 1
 
 
+def parse_ts(text: str) -> float:
+    """Inverse of :func:`format_ts`."""
+    whole = calendar.timegm(time.strptime(text[:19], "%Y-%m-%dT%H:%M:%S"))
+    return whole + int(text[20:23]) / 1000
+
+
 @dataclass(frozen=True, slots=True)
 class MessageBody:
     """One stored batch: the encoded ``samples``/``events`` members of a message."""
@@ -71,10 +80,10 @@ class MessageBody:
     kind: Kind = Kind.TELEMETRY
 
 
-def _sample_object(sample: Sample) -> dict[str, Any]:
+def _sample_object(sample: Sample, offset: float) -> dict[str, Any]:
     obj: dict[str, Any] = {
         "device": sample.device,
-        "ts": format_ts(sample.ts),
+        "ts": format_ts(sample.ts + offset),
         "quality": sample.quality.value,
         "values": dict(zip(sample.names, sample.values, strict=True)),
     }
@@ -83,8 +92,8 @@ def _sample_object(sample: Sample) -> dict[str, Any]:
     return obj
 
 
-def _event_object(event: DeviceEvent) -> dict[str, Any]:
-    obj: dict[str, Any] = {"device": event.device, "ts": format_ts(event.ts),
+def _event_object(event: DeviceEvent, offset: float) -> dict[str, Any]:
+    obj: dict[str, Any] = {"device": event.device, "ts": format_ts(event.ts + offset),
                            "type": "device_state", "state": event.state}
     if event.detail is not None:
         obj["detail"] = event.detail
@@ -102,10 +111,12 @@ class BodyBuilder:
     telemetry and keep them; an event counts as one reading.
     """
 
-    __slots__ = ("_bodies", "_count", "_events", "_max_readings", "_samples")
+    __slots__ = ("_bodies", "_count", "_events", "_max_readings", "_samples", "offset")
 
-    def __init__(self, *, max_readings: int) -> None:
+    def __init__(self, *, max_readings: int, offset: float = 0.0) -> None:
         self._max_readings = max_readings
+        self.offset = offset
+        """Added to the items' monotonic timestamps to make them UTC (wall - monotonic)."""
         self._bodies: list[MessageBody] = []
         self._samples: list[bytes] = []
         self._events: list[bytes] = []
@@ -113,12 +124,12 @@ class BodyBuilder:
 
     def add(self, item: Sample | DeviceEvent) -> None:
         if not isinstance(item, Sample):
-            self._events.append(orjson.dumps(_event_object(item)))
+            self._events.append(orjson.dumps(_event_object(item, self.offset)))
             return
         size = len(item.names)
         if self._count and self._count + size > self._max_readings:
             self._close()
-        self._samples.append(orjson.dumps(_sample_object(item)))
+        self._samples.append(orjson.dumps(_sample_object(item, self.offset)))
         self._count += size
 
     def take(self) -> list[MessageBody]:
@@ -143,22 +154,22 @@ class BodyBuilder:
         self._samples, self._count = [], 0
 
 
-def encode_body(items: Iterable[Sample | DeviceEvent], *, max_readings: int
-                ) -> list[MessageBody]:
+def encode_body(items: Iterable[Sample | DeviceEvent], *, max_readings: int,
+                offset: float = 0.0) -> list[MessageBody]:
     """Encode items into message bodies at once (see :class:`BodyBuilder`)."""
-    builder = BodyBuilder(max_readings=max_readings)
+    builder = BodyBuilder(max_readings=max_readings, offset=offset)
     for item in items:
         builder.add(item)
     return builder.take()
 
 
-def envelope(*, gateway: str, site: str, seq: int, body: bytes, historical: bool = False
-             ) -> bytes:
+def envelope(*, gateway: str, site: str, seq: int, body: bytes,
+             clock_unsynchronized: bool = False) -> bytes:
     """The complete message for a stored body with its sequence number."""
     head = (b'{"v":%d,"gateway":%s,"site":%s,"seq":%d,'
             % (CONTRACT_VERSION, orjson.dumps(gateway), orjson.dumps(site), seq))
-    if historical:
-        head += b'"historical":true,'
+    if clock_unsynchronized:
+        head += b'"clock":"unsynchronized",'
     return head + body + b"}"
 
 

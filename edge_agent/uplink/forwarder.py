@@ -63,7 +63,8 @@ class Forwarder:
 
     def __init__(self, store: BufferStore, *, executor: ThreadPoolExecutor,
                  config: UplinkConfig, gateway: str, site: str, topics: Topics,
-                 connect: Callable[[], Connection]) -> None:
+                 connect: Callable[[], Connection],
+                 on_deleted: Callable[[], None] = lambda: None) -> None:
         self._store = store
         self._executor = executor
         self._config = config
@@ -71,6 +72,7 @@ class Forwarder:
         self._site = site
         self._topics = topics
         self._connect = connect
+        self._on_deleted = on_deleted
         self._backoff = wait_exponential_jitter(multiplier=config.reconnect_initial_s,
                                                 max=config.reconnect_max_s,
                                                 jitter=config.reconnect_initial_s)
@@ -238,7 +240,8 @@ class Forwarder:
         future.add_done_callback(done)
 
     def _payload(self, batch: StoredBatch) -> bytes:
-        return envelope(gateway=self._gateway, site=self._site, seq=batch.seq, body=batch.body)
+        return envelope(gateway=self._gateway, site=self._site, seq=batch.seq, body=batch.body,
+                        clock_unsynchronized=batch.clock_unsynchronized)
 
     def _on_done(self, future: asyncio.Future[None], batch: StoredBatch,
                  inflight: set[asyncio.Future[None]]) -> None:
@@ -269,6 +272,7 @@ class Forwarder:
         reported, self._ledger_acked = self._ledger_acked, []
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self._settle, acked, rejected, reported)
+        self._on_deleted()
 
     def _settle(self, acked: list[int], rejected: list[tuple[int, int, str]],
                 reported: list[int]) -> None:
