@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 
 _STABLE_AFTER_S = 30.0
 """A connection that lived this long resets the reconnect backoff to its initial delay."""
-_DELETE_BATCH = 64
 _DELETE_EVERY_S = 0.25
 """Acknowledged batches are deleted in groups: one commit per group, not per message."""
 
@@ -170,10 +169,18 @@ class Forwarder:
             log.debug("could not publish offline status at shutdown: %s", exc)
 
     async def _pump(self, conn: Connection) -> None:
-        """Publish stored batches in sequence order, at most ``max_inflight`` unacked."""
+        """Publish stored batches in sequence order.
+
+        The window counts every message sent and not yet *deleted*: unacknowledged ones and
+        acknowledged ones whose deletion is still to be committed. Both would be sent again
+        after a crash, so keeping their sum within ``max_inflight`` is what bounds the
+        duplicates per crash. Deletions are committed in groups (half a window, or every
+        ``_DELETE_EVERY_S``) so the card is not written once per message.
+        """
         loop = asyncio.get_running_loop()
         # One slot of the window stays free for the ledger and status messages.
         limit = max(1, self._config.max_inflight - 1)
+        flush_at = max(1, limit // 2)
         inflight: set[asyncio.Future[None]] = set()
         self._ledger_sending = False
         closed = asyncio.ensure_future(conn.wait_closed())
@@ -182,20 +189,25 @@ class Forwarder:
         try:
             while True:
                 now = time.monotonic()
-                if len(self._acked) >= _DELETE_BATCH or now - last_flush >= _DELETE_EVERY_S \
-                        or self._rejected or self._ledger_acked:
+                settled = len(self._acked) + len(self._rejected)
+                if settled >= flush_at or self._ledger_acked or (
+                        settled and now - last_flush >= _DELETE_EVERY_S):
                     await self._flush_acks()
                     last_flush = now
                 self._wake.clear()
                 if self._store.unreported and not self._ledger_sending:
                     await self._send_ledger(conn)
                 batches: list[StoredBatch] = []
-                if len(inflight) < limit:
+                free = limit - len(inflight) - len(self._acked) - len(self._rejected)
+                if free > 0:
                     batches = await loop.run_in_executor(
-                        self._executor, self._store.read_after, cursor, limit - len(inflight))
+                        self._executor, self._store.read_after, cursor, free)
                 if not batches:
+                    if self._acked or self._rejected:
+                        await self._flush_acks()  # the window is full or the buffer empty
+                        last_flush = time.monotonic()
+                        continue
                     if not inflight:
-                        await self._flush_acks()
                         self._idle.set()
                     # Sleep until a commit, an acknowledgement or the end of the connection.
                     waiter = asyncio.ensure_future(self._wake.wait())
