@@ -228,3 +228,23 @@ def test_unreadable_row_is_dropped_and_ledgered(tmp_path: Path) -> None:
     assert [b.seq for b in store.read_after(0, 10)] == [2]
     assert store.ledger_totals() == {"unreadable_row": 9}
     store.close()
+
+
+def test_unclean_stop_with_normal_durability_skips_the_sequence(tmp_path: Path) -> None:
+    """With durability normal a crash may roll commits back; on the next start the sequence
+    jumps past the reserved numbers and the ledger says so. A clean stop does not jump."""
+    def normal() -> BufferStore:
+        return BufferStore(tmp_path / "b.db", durability=Durability.NORMAL, max_bytes=1 << 30)
+
+    store = normal()
+    store.append([(1, b'"samples":[]', Kind.TELEMETRY)] * 2, created=1.0)
+    store.close()
+    store = normal()
+    assert store.append([(1, b'"samples":[]', Kind.TELEMETRY)], created=1.0) == [3]
+    del store  # no close(): a crash
+    store = normal()
+    (entry,) = [e for e in store.unreported_ledger() if e.reason == "sequence_skipped"]
+    assert entry.first_seq == 4 and entry.last_seq is not None and entry.last_seq > 4
+    assert store.append([(1, b'"samples":[]', Kind.TELEMETRY)], created=1.0) == [
+        entry.last_seq + 1]
+    store.close()

@@ -93,6 +93,7 @@ class LossReason(StrEnum):
     REJECTED_BY_BROKER = "rejected_by_broker"
     UNREADABLE_ROW = "unreadable_row"
     BUFFER_CORRUPT = "buffer_corrupt"
+    SEQUENCE_SKIPPED = "sequence_skipped"
 
 
 class StoreError(Exception):
@@ -173,6 +174,17 @@ class BufferStore:
                              f"damaged buffer moved to {self.quarantined.name}; sequence "
                              f"numbers up to {self.last_seq} that were not received are "
                              "lost with it")
+            elif durability is Durability.NORMAL and self._stopped_uncleanly():
+                # A power cut can roll back the last commits, and with them the sequence:
+                # numbers already sent would be handed out again. Skip past every number
+                # that may have been used, and say so.
+                old = self.last_seq
+                if reserved > old:
+                    self._set_sequence(reserved)
+                    self._record(LossReason.SEQUENCE_SKIPPED, old + 1, reserved, 0, 0,
+                                 "unclean stop with durability normal: numbers that may "
+                                 "have been used before it are not used again")
+            self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('clean', 0)")
             self._reserved = max(reserved, self.last_seq)
             self._reserve(self.last_seq)
             self.unreported = int(self._db.execute(
@@ -223,6 +235,10 @@ class BufferStore:
                          (BOOT_ID,))
         self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('format', ?)",
                          (_FORMAT_VERSION,))
+
+    def _stopped_uncleanly(self) -> bool:
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'clean'").fetchone()
+        return row is not None and row[0] == 0
 
     def _read_reservation(self) -> int:
         try:
@@ -403,6 +419,7 @@ class BufferStore:
 
     def close(self) -> None:
         try:
+            self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('clean', 1)")
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error as exc:  # closing must not hide the caller's own error
             log.warning("buffer checkpoint at close failed: %s", exc)
