@@ -94,7 +94,10 @@ uplink:
   host: 127.0.0.1
   port: {broker_port}
   topic_prefix: bench
-  tls: {{ca_file: {pki / 'ca.pem'}, cert_file: {pki / 'client.pem'}, key_file: {pki / 'client.key'}}}
+  tls:
+    ca_file: {pki / 'ca.pem'}
+    cert_file: {pki / 'client.pem'}
+    key_file: {pki / 'client.key'}
 buffer:
   path: {buffer}
   commit_interval_s: {commit_interval}

@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh dev
-# .venv/bin/pytest (not python -m pytest): the checkout must not shadow the installed wheel.
+venv="${EDGE_AGENT_VENV:-.venv}"
+"$venv/bin/ruff" check edge_agent drivers tests bench
+# $venv/bin/pytest (not python -m pytest): the checkout must not shadow the installed wheel.
 # pytest exits non-zero (5) when no test ran; set -e makes that a failure here too.
-exec "${EDGE_AGENT_VENV:-.venv}/bin/pytest" "$@"
+exec "$venv/bin/pytest" "$@"

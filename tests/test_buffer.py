@@ -27,7 +27,8 @@ def open_store(path: Path, max_bytes: int = 1 << 30, **limits: Any) -> BufferSto
 def test_sequence_numbers_survive_restart_and_are_never_reused(tmp_path: Path) -> None:
     """Sequence numbers continue after reopening, even when every batch was deleted."""
     store = open_store(tmp_path / "b.db")
-    assert store.append([(1, b'"samples":[]', Kind.TELEMETRY), (1, b'"samples":[]', Kind.TELEMETRY)], created=0.0) == [1, 2]
+    empty = (1, b'"samples":[]', Kind.TELEMETRY)
+    assert store.append([empty, empty], created=0.0) == [1, 2]
     store.delete([1, 2])
     store.close()
     store = open_store(tmp_path / "b.db")

@@ -6,6 +6,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -76,7 +77,7 @@ def test_batches_that_cannot_be_corrected_are_released_flagged(tmp_path: Path) -
     store.close()
 
 
-def telemetry(messages: list[Received]) -> list[dict[str, object]]:
+def telemetry(messages: list[Received]) -> list[dict[str, Any]]:
     return [orjson.loads(m.payload) for m in messages if m.topic == TOPIC]
 
 
@@ -101,7 +102,7 @@ async def test_readings_before_sync_arrive_with_corrected_timestamps(
             what="the held messages after sync")
     docs = telemetry(messages)
     assert sorted({d["seq"] for d in docs}) == list(range(1, max(d["seq"] for d in docs) + 1))
-    stamps = [parse_ts(s["ts"]) for d in docs for s in d["samples"]]  # type: ignore[attr-defined]
+    stamps = [parse_ts(s["ts"]) for d in docs for s in d["samples"]]
     assert stamps and all(started - 1 <= t <= time.time() + 1 for t in stamps)
     assert not any("clock" in d for d in docs)
 

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import NamedTuple
+from typing import NamedTuple, TypeAlias
 
 from edge_agent.clock import STEP_THRESHOLD_S, ClockMonitor
 from edge_agent.drivers.base import Sample
@@ -26,7 +26,7 @@ __all__ = ["BufferWriter", "QueueItem"]
 
 log = logging.getLogger(__name__)
 
-QueueItem = Sample | DeviceEvent
+QueueItem: TypeAlias = Sample | DeviceEvent
 
 
 class _ClockTag(NamedTuple):

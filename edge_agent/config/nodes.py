@@ -7,6 +7,7 @@ once (``devices[2] (boiler-plc).points[5].address (line 48): ...``) and never a 
 
 from __future__ import annotations
 
+import builtins
 import math
 import re
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ __all__ = ["MISSING", "ConfigInvalid", "Cursor", "Problem", "Problems", "load_ya
 E = TypeVar("E", bound=Enum)
 
 try:  # the C loader is ~10x faster on large device maps; fall back where libyaml is absent
-    _Loader: type[yaml.SafeLoader] = yaml.CSafeLoader  # type: ignore[assignment,attr-defined]
+    _Loader: type[yaml.SafeLoader] = yaml.CSafeLoader  # type: ignore[assignment]
 except AttributeError:  # pragma: no cover
     _Loader = yaml.SafeLoader
 
@@ -199,7 +200,7 @@ class Cursor:
             return MISSING
         return value
 
-    def size(self, *, minimum: int = 0) -> Any:
+    def size(self, *, minimum: builtins.int = 0) -> Any:
         """A byte size: a whole number or a string such as ``512 MiB``."""
         value = self.scalar()
         if isinstance(value, int) and not isinstance(value, bool):

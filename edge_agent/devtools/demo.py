@@ -42,7 +42,8 @@ def demo_config(*, ports: list[int], broker_port: int, pki_dir: Path, buffer: Pa
     interval_s: 1.0
     points:
 {points}
-      - {{name: energy_import_wh, table: holding, address: 100, type: uint32, order: CDAB, unit: Wh}}
+      - {{name: energy_import_wh, table: holding, address: 100, type: uint32, order: CDAB,
+          unit: Wh}}
       - {{name: temperature_x10, table: holding, address: 102, type: int16, scale: 0.1, unit: degC}}
       - {{name: updates, table: input, address: 0, type: uint16}}
       - {{name: relay_on, table: coil, address: 0, type: bool}}""" for name, port in zip(

@@ -155,8 +155,8 @@ class DevicePoller:
             return
 
     def _backoff_s(self) -> float:
-        delay = self.device.reconnect_initial_s * 2 ** min(self._failures - 1, 30)
-        return min(delay, self.device.reconnect_max_s) * random.uniform(0.8, 1.2)
+        delay = self.device.reconnect_initial_s * 2.0 ** min(self._failures - 1, 30)
+        return float(min(delay, self.device.reconnect_max_s) * random.uniform(0.8, 1.2))
 
     async def _close(self) -> None:
         self._open = False

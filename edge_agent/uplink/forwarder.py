@@ -11,10 +11,12 @@ duplicates bounded by the window).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from types import TracebackType
 from typing import Protocol
 
 from tenacity import (
@@ -45,7 +47,8 @@ class Connection(Protocol):
 
     async def __aenter__(self) -> Connection: ...
 
-    async def __aexit__(self, *exc: object) -> None: ...
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None: ...
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1,
                 retain: bool = False) -> asyncio.Future[None]: ...
@@ -221,7 +224,7 @@ class Forwarder:
                     future = conn.publish(self._topics.telemetry, self._payload(batch))
                     inflight.add(future)
                     future.add_done_callback(
-                        lambda f, b=batch: self._on_done(f, b, inflight))
+                        functools.partial(self._on_done, batch=batch, inflight=inflight))
                     cursor = batch.seq
                     self.published += 1
         finally:
@@ -255,7 +258,7 @@ class Forwarder:
         return envelope(gateway=self._gateway, site=self._site, seq=batch.seq, body=batch.body,
                         clock_unsynchronized=batch.clock_unsynchronized)
 
-    def _on_done(self, future: asyncio.Future[None], batch: StoredBatch,
+    def _on_done(self, future: asyncio.Future[None], *, batch: StoredBatch,
                  inflight: set[asyncio.Future[None]]) -> None:
         inflight.discard(future)
         if future.cancelled():
