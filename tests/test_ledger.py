@@ -35,6 +35,22 @@ def explained(messages: list[Received]) -> set[int]:
     return seen
 
 
+async def fill_then_reconnect(agent: Agent, broker: MosquittoBroker,
+                              watcher: Callable[..., Watcher],
+                              filled: Callable[[Agent], bool]) -> list[Received]:
+    """With the broker down, commit until ``filled``; then bring the broker back and wait
+    until every sequence number so far is delivered or explained by the ledger."""
+    assert agent.writer is not None and agent.store is not None
+    while not filled(agent):
+        await agent.writer.wait_for_commits(agent.writer.commits + 1)
+    broker.start()
+    seen = watcher(broker, f"{BASE}/#")
+    target = agent.store.last_seq
+    return await seen.wait_until_async(
+        lambda ms: set(range(1, target + 1)) <= explained(ms),
+        what=f"sequence numbers 1..{target} delivered or explained")
+
+
 async def test_cap_evictions_during_an_outage_are_reported_and_reconcile(
         broker: MosquittoBroker, watcher: Callable[..., Watcher],
         make_config: Callable[..., AgentConfig]) -> None:
@@ -45,15 +61,9 @@ async def test_cap_evictions_during_an_outage_are_reported_and_reconcile(
         config, buffer=dataclasses.replace(config.buffer, max_bytes=64 * 1024))
     broker.stop()
     async with Agent(config) as agent:
-        assert agent.writer is not None and agent.store is not None
-        while "evicted_by_cap" not in agent.store.ledger_totals():
-            await agent.writer.wait_for_commits(agent.writer.commits + 1)
-        broker.start()
-        seen = watcher(broker, f"{BASE}/#")
-        target = agent.store.last_seq
-        messages = await seen.wait_until_async(
-            lambda ms: set(range(1, target + 1)) <= explained(ms),
-            what=f"sequence numbers 1..{target} delivered or explained")
+        messages = await fill_then_reconnect(
+            agent, broker, watcher,
+            lambda a: a.store is not None and "evicted_by_cap" in a.store.ledger_totals())
     schema = json.loads((DOCS / "ledger-v1.schema.json").read_text())
     ledgers = docs_of(messages, "ledger")
     for ledger in ledgers:
@@ -98,15 +108,9 @@ async def test_drop_newest_refusals_reach_the_platform(
         config.buffer, max_bytes=64 * 1024, policy=OverflowPolicy.DROP_NEWEST))
     broker.stop()
     async with Agent(config) as agent:
-        assert agent.writer is not None and agent.store is not None
-        while "refused_by_cap" not in agent.store.ledger_totals():
-            await agent.writer.wait_for_commits(agent.writer.commits + 1)
-        broker.start()
-        seen = watcher(broker, f"{BASE}/#")
-        target = agent.store.last_seq
-        messages = await seen.wait_until_async(
-            lambda ms: set(range(1, target + 1)) <= explained(ms),
-            what=f"sequence numbers 1..{target} delivered or explained")
+        messages = await fill_then_reconnect(
+            agent, broker, watcher,
+            lambda a: a.store is not None and "refused_by_cap" in a.store.ledger_totals())
     refused = {s for d in docs_of(messages, "ledger") for e in d["entries"]
                for s in range(e["first_seq"], e["last_seq"] + 1)}
     delivered = {d["seq"] for d in docs_of(messages, "telemetry")}
