@@ -131,7 +131,8 @@ async def test_block_policy_slows_polling_instead_of_dropping(
         assert agent.writer is not None and agent.store is not None
         skipped = sum(p.stats.skipped_ticks for p in agent.pollers)
         await agent.writer.blocking.wait()  # the buffer filled up: the writer stops taking
-        await agent.backpressure.wait()  # and a poller now waits for room in the queue
+        agent.backpressure.clear()  # (the queue may have been full for a moment before)
+        await agent.backpressure.wait()  # and now a poller waits for room in the queue
         assert agent.store.ledger_totals() == {}
         broker.start()
         seen = watcher(broker, f"{BASE}/telemetry")
