@@ -209,8 +209,3 @@ def ledger_payload(*, gateway: str, site: str, entries: Sequence[Any],
                     for e in entries],
         "totals": totals,
     })
-
-
-def readings_in(items: Sequence[Sample | DeviceEvent]) -> int:
-    """Number of readings the items carry (events count as one)."""
-    return sum(len(i.names) if isinstance(i, Sample) else 1 for i in items)

@@ -89,8 +89,6 @@ class Forwarder:
         self.published = 0
         self.acked_messages = 0
         self.acked_readings = 0
-        self.rejected_messages = 0
-        self.rejected_readings = 0
 
     def notify(self) -> None:
         """Called by the writer after each commit."""
@@ -270,12 +268,8 @@ class Forwarder:
             self.acked_readings += batch.readings
         elif isinstance(exc, PublishRejected):
             # The broker will never take this message (e.g. not authorised): keep the rest
-            # flowing, and account for it in the loss ledger.
+            # flowing, and account for it in the loss ledger (which also logs it).
             self._rejected.append((batch.seq, batch.readings, str(exc)))
-            self.rejected_messages += 1
-            self.rejected_readings += batch.readings
-            log.error("broker rejected message seq %d (%d readings): %s",
-                      batch.seq, batch.readings, exc)
         # UplinkDisconnected: the batch stays stored and is sent on the next connection.
         self._wake.set()
 
