@@ -166,7 +166,8 @@ def kills(rig: Rig) -> None:
     print(f"  messages              {result.last_seq:12,d} assigned, {result.received:,d} "
           f"received, {len(result.still_buffered)} still buffered")
     print(f"  lost                  {len(result.lost):12,d}")
-    print(f"  duplicated            {result.duplicates:12,d} (max {max(per_restart)} after "
+    print(f"  duplicated            {result.duplicates:12,d} batches in "
+          f"{result.duplicate_messages:,d} messages (max {max(per_restart)} messages after "
           f"one restart; bound kills x max_inflight = {args.kills * args.max_inflight})")
     print(f"  seq reused            {len(result.conflicts):12,d}")
 

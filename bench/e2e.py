@@ -26,6 +26,7 @@ import orjson
 from edge_agent.devtools.broker import MosquittoBroker
 from edge_agent.devtools.pki import make_pki
 from edge_agent.devtools.watch import Received, Watcher
+from edge_agent.telemetry.contract import batches_of
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -44,14 +45,14 @@ class Counter:
         if not message.topic.endswith("/telemetry"):
             return
         doc = orjson.loads(message.payload)
-        n = sum(len(s["values"]) for s in doc["samples"])
         with self.lock:
-            if doc["seq"] in self.seqs:
-                self.duplicates += 1
-                return
-            self.seqs.add(doc["seq"])
-            self.readings += n
             self.messages += 1
+            for batch in batches_of(doc):
+                if batch["seq"] in self.seqs:
+                    self.duplicates += 1
+                    continue
+                self.seqs.add(batch["seq"])
+                self.readings += sum(len(s["values"]) for s in batch["samples"])
 
     def snapshot(self) -> int:
         with self.lock:
@@ -196,9 +197,10 @@ def main() -> int:
               "reading")
     print(f"  agent peak RSS        {hwm / 1e6:12.1f} MB (after warm-up {hwm0 / 1e6:.1f}; "
           f"RSS at window start {rss0 / 1e6:.1f}, end {rss1 / 1e6:.1f})")
-    print(f"  messages              {counter.messages:12,d} delivered, {counter.duplicates} "
-          f"duplicates, {len(buffered)} still buffered ({buffered_readings} readings)")
-    print(f"  lost (by sequence)    {len(missing):12,d} messages missing of {last_seq}")
+    print(f"  messages              {counter.messages:12,d} delivered carrying "
+          f"{len(counter.seqs):,d} batches, {counter.duplicates} duplicate batches, "
+          f"{len(buffered)} still buffered ({buffered_readings} readings)")
+    print(f"  lost (by sequence)    {len(missing):12,d} batches missing of {last_seq}")
     return 0
 
 

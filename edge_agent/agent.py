@@ -149,14 +149,15 @@ class Agent:
         driver: Driver = driver_class(device)
         return driver
 
-    def _connection(self) -> Connection:
+    def _connection(self, *, will_retain: bool) -> Connection:
         from edge_agent.uplink.mqtt import MqttConnection
 
         gateway = self.config.gateway
         return MqttConnection(self.config.uplink, will_topic=self.topics.status,
                               will_payload=status_payload(gateway=gateway.id, site=gateway.site,
                                                           state="offline",
-                                                          reason="connection lost"))
+                                                          reason="connection lost"),
+                              will_retain=will_retain)
 
     async def _log_stats(self) -> None:
         written_before, accepted_before = _bytes_written(), 0
@@ -168,9 +169,11 @@ class Agent:
             per_reading = ((written - written_before) / (accepted - accepted_before)
                            if accepted > accepted_before else 0.0)
             written_before, accepted_before = written, accepted
-            log.info("accepted %d readings, delivered %d, uplink %s, devices down: %s, "
-                     "disk %.1f bytes written per reading, backpressure waits %d",
-                     accepted, self.forwarder.acked_readings,
+            log.info("accepted %d readings, delivered %d in %d messages (%d coalesced), "
+                     "uplink %s, devices down: %s, disk %.1f bytes written per reading, "
+                     "backpressure waits %d",
+                     accepted, self.forwarder.acked_readings, self.forwarder.acked_messages,
+                     self.forwarder.coalesced,
                      "connected" if self.forwarder.connected else "disconnected",
                      ", ".join(down) or "none", per_reading, self.queue_full_waits)
 

@@ -6,17 +6,24 @@
         async with MqttConnection(config, will_topic=..., will_payload=...) as conn: ...
         await seen.wait_for_async(1)                # bounded wait, loop keeps running
 
-Variants: ``broker_factory(acl=..., cert_file=..., plaintext=False)`` for another broker,
-``uplink_config(broker, security=Security.PLAINTEXT)``, ``uplink_config(broker, tls=...)``.
+Variants: ``broker_factory(acl=..., cert_file=..., plaintext=False, settings={...})`` for
+another broker, ``uplink_config(broker, security=Security.PLAINTEXT)``,
+``uplink_config(broker, tls=...)``.
+
+What the platform received from an agent made by ``make_config`` (gateway
+``city/town/gw-e2e``): ``docs_of(messages, "ledger")``, ``delivered(messages)`` (sequence
+numbers), ``explained(messages)`` (delivered or accounted for by a ledger entry), and
+``await fill_then_reconnect(agent, broker, filled)`` for an outage that ends.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import orjson
 import pytest
 
 from edge_agent.config import AgentConfig, parse_config
@@ -24,7 +31,10 @@ from edge_agent.config.model import Security, TlsConfig, UplinkConfig
 from edge_agent.devtools.broker import MosquittoBroker
 from edge_agent.devtools.pki import Pki, make_pki
 from edge_agent.devtools.simulator import SimulatedSite
-from edge_agent.devtools.watch import Watcher
+from edge_agent.devtools.watch import Received, Watcher
+
+if TYPE_CHECKING:  # only annotations: conftest does not import the whole agent
+    from edge_agent.agent import Agent
 
 _ids = itertools.count(1)
 
@@ -34,6 +44,7 @@ _ids = itertools.count(1)
 BrokerFactory = Callable[..., MosquittoBroker]
 UplinkConfigFactory = Callable[..., UplinkConfig]
 WatcherFactory = Callable[..., Watcher]
+FillThenReconnect = Callable[..., Awaitable[list[Received]]]
 
 
 @pytest.fixture(scope="session")
@@ -54,6 +65,7 @@ def broker_factory(pki: Pki, tmp_path: Path) -> Iterator[BrokerFactory]:
         plaintext: bool = True,
         acl: str | None = None,
         tls_version: str = "tlsv1.2",
+        settings: dict[str, str] | None = None,
     ) -> MosquittoBroker:
         broker = MosquittoBroker(
             tmp_path / f"broker-{len(started) + 1}",
@@ -63,6 +75,7 @@ def broker_factory(pki: Pki, tmp_path: Path) -> Iterator[BrokerFactory]:
             plaintext=plaintext,
             acl=acl,
             tls_version=tls_version,
+            settings=settings,
         )
         started.append(broker)
         broker.start()
@@ -189,3 +202,70 @@ def make_config(tmp_path: Path, pki: Pki, broker: MosquittoBroker, site: Simulat
         return parse_config(text, source=str(tmp_path / "agent.yaml"), base_dir=tmp_path)
 
     return make
+
+
+# What the platform received: helpers shared by the ledger and free-space tests, handed out
+# as fixtures (a test module cannot import from conftest).
+
+AGENT_BASE = "city/town/gw-e2e"
+"""Topic base of the agent :func:`agent_config_text` describes."""
+
+
+def _docs_of(messages: list[Received], leaf: str) -> list[dict[str, Any]]:
+    return [orjson.loads(m.payload) for m in messages if m.topic == f"{AGENT_BASE}/{leaf}"]
+
+
+def _delivered(messages: list[Received]) -> set[int]:
+    # A telemetry message carries one batch (``seq``) or, coalesced, several (``batches``,
+    # each with its own ``seq``): the forms edge_agent.telemetry's batches_of reads.
+    return {b["seq"] for d in _docs_of(messages, "telemetry") for b in d.get("batches", [d])}
+
+
+def _explained(messages: list[Received]) -> set[int]:
+    seen = _delivered(messages)
+    for ledger in _docs_of(messages, "ledger"):
+        for entry in ledger["entries"]:
+            if entry["first_seq"] is not None:
+                seen |= set(range(entry["first_seq"], entry["last_seq"] + 1))
+    return seen
+
+
+@pytest.fixture
+def docs_of() -> Callable[[list[Received], str], list[dict[str, Any]]]:
+    """``docs_of(messages, "ledger")``: the decoded messages of one of the agent's topics."""
+    return _docs_of
+
+
+@pytest.fixture
+def delivered() -> Callable[[list[Received]], set[int]]:
+    """``delivered(messages)``: the sequence numbers of the telemetry the platform received."""
+    return _delivered
+
+
+@pytest.fixture
+def explained() -> Callable[[list[Received]], set[int]]:
+    """``explained(messages)``: the sequence numbers the platform received or that a
+    ledger entry it received accounts for."""
+    return _explained
+
+
+@pytest.fixture
+def fill_then_reconnect(watcher: WatcherFactory) -> FillThenReconnect:
+    """``await fill_then_reconnect(agent, broker, filled)``: with the broker down, commit
+    until ``filled(agent)`` (checked after every commit); then bring the broker back and
+    wait until every sequence number so far is delivered or explained by the ledger.
+    Returns everything the platform received on the agent's topics."""
+
+    async def run(agent: Agent, broker: MosquittoBroker,
+                  filled: Callable[[Agent], bool]) -> list[Received]:
+        assert agent.writer is not None and agent.store is not None
+        while not filled(agent):
+            await agent.writer.wait_for_commits(agent.writer.commits + 1)
+        broker.start()
+        seen = watcher(broker, f"{AGENT_BASE}/#")
+        target = agent.store.last_seq
+        return await seen.wait_until_async(
+            lambda ms: set(range(1, target + 1)) <= _explained(ms),
+            what=f"sequence numbers 1..{target} delivered or explained")
+
+    return run

@@ -16,7 +16,7 @@ from edge_agent.clock import ClockMonitor
 from edge_agent.config import AgentConfig, Durability
 from edge_agent.devtools.broker import MosquittoBroker
 from edge_agent.devtools.watch import Received, Watcher
-from edge_agent.telemetry.contract import Kind, parse_ts
+from edge_agent.telemetry.contract import Kind, batches_of, parse_ts
 
 TOPIC = "city/town/gw-e2e/telemetry"
 TEN_YEARS_S = 10 * 365 * 86400
@@ -78,7 +78,8 @@ def test_batches_that_cannot_be_corrected_are_released_flagged(tmp_path: Path) -
 
 
 def telemetry(messages: list[Received]) -> list[dict[str, Any]]:
-    return [orjson.loads(m.payload) for m in messages if m.topic == TOPIC]
+    """The batches received (a message may carry several)."""
+    return [b for m in messages if m.topic == TOPIC for b in batches_of(orjson.loads(m.payload))]
 
 
 async def test_readings_before_sync_arrive_with_corrected_timestamps(
@@ -98,13 +99,14 @@ async def test_readings_before_sync_arrive_with_corrected_timestamps(
         held_up_to = agent.store.last_seq
         error[0], synced[0] = 0, True  # NTP steps the clock to the right time
         messages = await seen.wait_until_async(
-            lambda ms: held_up_to in [d["seq"] for d in telemetry(ms)],
+            lambda ms: held_up_to in [b["seq"] for b in telemetry(ms)],
             what="the held messages after sync")
-    docs = telemetry(messages)
-    assert sorted({d["seq"] for d in docs}) == list(range(1, max(d["seq"] for d in docs) + 1))
-    stamps = [parse_ts(s["ts"]) for d in docs for s in d["samples"]]
+    batches = telemetry(messages)
+    numbers = sorted({b["seq"] for b in batches})
+    assert numbers == list(range(1, numbers[-1] + 1))
+    stamps = [parse_ts(s["ts"]) for b in batches for s in b["samples"]]
     assert stamps and all(started - 1 <= t <= time.time() + 1 for t in stamps)
-    assert not any("clock" in d for d in docs)
+    assert not any("clock" in b for b in batches)
 
 
 async def test_no_sync_within_max_hold_sends_flagged(

@@ -27,6 +27,7 @@ from edge_agent.devtools.pki import Pki
 from edge_agent.devtools.simulator import SimulatedSite
 from edge_agent.devtools.watch import Received, Watcher
 from edge_agent.drivers.modbus.config import Table
+from edge_agent.telemetry.contract import batches_of
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 TOPIC = "city/town/gw-e2e/telemetry"
@@ -42,11 +43,11 @@ def telemetry(messages: list[Received]) -> list[dict[str, Any]]:
 
 
 def seqs(messages: list[Received]) -> list[int]:
-    return [int(doc["seq"]) for doc in telemetry(messages)]
+    return [int(b["seq"]) for doc in telemetry(messages) for b in batches_of(doc)]
 
 
 def readings(docs: list[dict[str, Any]], device: str) -> list[tuple[str, dict[str, Any]]]:
-    return [(s["ts"], s["values"]) for d in docs for s in d["samples"]
+    return [(s["ts"], s["values"]) for d in docs for b in batches_of(d) for s in b["samples"]
             if s["device"] == device and s["quality"] == "good"]
 
 

@@ -253,3 +253,47 @@ async def test_subscribe_delivers_messages_to_the_iterator(
             received.append(message)
             break
     assert [(m.topic, m.payload) for m in received] == [("city/gw-test/commands/reboot", b"now")]
+
+
+async def test_connack_limits_are_read_and_a_too_large_packet_is_not_sent(
+    broker_factory: BrokerFactory, uplink_config: ConfigFactory, watcher: WatcherFactory
+) -> None:
+    """The broker's MQTT 5 CONNACK limits are known once connected. A payload above its
+    Maximum Packet Size fails with reason 0x95 without being sent (MQTT-3.2.2-16) and the
+    connection stays up; one that fits is delivered; retain is dropped when the broker
+    has no retained messages (a retained publish would be a protocol error)."""
+    limited = broker_factory(settings={"max_packet_size": "1000", "max_inflight_messages": "3",
+                                       "retain_available": "false"})
+    seen = watcher(limited, "city/gw-test/#")
+    config = uplink_config(limited)
+    # (a retained will is refused by such a broker: the forwarder then connects with
+    # will_retain=False, tested in test_backlog)
+    async with MqttConnection(config, will_topic=WILL_TOPIC, will_payload=b"offline",
+                              will_retain=False) as conn:
+        assert (conn.limits.receive_maximum, conn.limits.maximum_packet_size,
+                conn.limits.retain_available) == (3, 1000, False)
+        largest = conn.limits.max_payload("city/gw-test/telemetry")
+        assert largest is not None and largest < 1000
+        with pytest.raises(PublishRejected) as caught:
+            await conn.publish("city/gw-test/telemetry", b"x" * (largest + 1))
+        assert caught.value.reason_code == 0x95
+        await conn.publish("city/gw-test/telemetry", b"y" * largest)
+        await conn.publish("city/gw-test/status", b"online", retain=True)
+        messages = await seen.wait_for_async(2)
+        assert conn.is_connected
+    assert [(m.payload[:1], len(m.payload)) for m in messages] == [(b"y", largest),
+                                                                   (b"o", 6)]
+
+
+async def test_a_broker_offering_qos_0_only_is_refused(
+    broker_factory: BrokerFactory, uplink_config: ConfigFactory
+) -> None:
+    """At-least-once delivery needs QoS 1: a broker limited to QoS 0 refuses the QoS 1
+    will (0x9B), and the error says what is wrong (the forwarder keeps buffering and
+    retrying with backoff)."""
+    qos0 = broker_factory(settings={"max_qos": "0"})
+    with pytest.raises(UplinkRefused) as caught:
+        async with connection(uplink_config(qos0)):
+            pass
+    assert caught.value.reason_code == 0x9B
+    assert "accepts QoS 0 only" in str(caught.value)

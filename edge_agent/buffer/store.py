@@ -23,7 +23,7 @@ import os
 import sqlite3
 import time
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -32,7 +32,7 @@ import orjson
 
 from edge_agent.clock import BOOT_ID
 from edge_agent.config.model import Durability, OverflowPolicy
-from edge_agent.telemetry.contract import Kind, format_ts, parse_ts
+from edge_agent.telemetry.contract import BATCH_OVERHEAD, Kind, format_ts, parse_ts
 
 __all__ = [
     "BufferStats",
@@ -309,23 +309,44 @@ class BufferStore:
         self._enforce_limits()
         return seqs
 
-    def read_after(self, seq: int, limit: int) -> list[StoredBatch]:
-        """The oldest stored batches with a sequence number above ``seq``. A row that can
-        no longer be decoded is removed and recorded in the ledger, never retried."""
+    def read_after(self, seq: int, limit: int, *, upto: int | None = None,
+                   max_bytes: int | None = None,
+                   skip: Container[int] = frozenset()) -> list[StoredBatch]:
+        """The oldest stored batches with a sequence number above ``seq`` (and at most
+        ``upto``), leaving out those in ``skip``: at most ``limit`` of them and, past the
+        first, at most ``max_bytes`` of bodies in all (each counted with
+        ``BATCH_OVERHEAD``). Nothing at or after a batch held for a trusted clock is
+        returned. A row that can no longer be decoded is removed and recorded in the
+        ledger, never retried."""
         held = self._db.execute(f"SELECT min(seq) FROM batch WHERE {_HELD}").fetchone()[0]
-        rows = self._db.execute(
-            "SELECT seq, readings, created, body, clock_flag FROM batch "
-            "WHERE seq > ? AND seq < ? ORDER BY seq LIMIT ?",
-            (seq, held if held is not None else 2**63 - 1, limit)).fetchall()
+        stop = min(held if held is not None else 2**63 - 1,
+                   upto + 1 if upto is not None else 2**63 - 1)
         out: list[StoredBatch] = []
-        for s, n, c, b, flag in rows:
+        unreadable: list[tuple[int, int, str]] = []
+        size = 0
+        # Rows are decompressed one at a time as the cursor steps: a message that is full
+        # costs one row read too many, not a whole chunk.
+        for s, n, c, b, flag in self._db.execute(
+                "SELECT seq, readings, created, body, clock_flag FROM batch "
+                "WHERE seq > ? AND seq < ? ORDER BY seq", (seq, stop)):
+            if s in skip:
+                continue
             try:
-                out.append(StoredBatch(s, n, c, zlib.decompress(b), bool(flag)))
+                body = zlib.decompress(b)
             except (zlib.error, TypeError) as exc:
-                log.error("buffer row seq %d is unreadable (%s): dropped", s, exc)
-                with self._transaction():
-                    self._db.execute("DELETE FROM batch WHERE seq = ?", (s,))
-                self._record(LossReason.UNREADABLE_ROW, s, s, 1, n, str(exc))
+                unreadable.append((s, n, str(exc)))
+                continue
+            size += len(body) + BATCH_OVERHEAD
+            if out and max_bytes is not None and size > max_bytes:
+                break
+            out.append(StoredBatch(s, n, c, body, bool(flag)))
+            if len(out) >= limit:
+                break
+        for s, n, detail in unreadable:
+            log.error("buffer row seq %d is unreadable (%s): dropped", s, detail)
+            with self._transaction():
+                self._db.execute("DELETE FROM batch WHERE seq = ?", (s,))
+            self._record(LossReason.UNREADABLE_ROW, s, s, 1, n, detail)
         return out
 
     def delete(self, seqs: Sequence[int]) -> None:
@@ -367,9 +388,12 @@ class BufferStore:
         """Batches waiting for a trusted clock."""
         return int(self._db.execute(f"SELECT count(*) FROM batch WHERE {_HELD}").fetchone()[0])
 
-    def record_rejected(self, seq: int, readings: int, detail: str) -> None:
-        """The broker refused a message for good (MQTT 5 reason code): ledger it."""
-        self._record(LossReason.REJECTED_BY_BROKER, seq, seq, 1, readings, detail)
+    def record_rejected(self, batches: Sequence[tuple[int, int]], detail: str) -> None:
+        """The broker refused a message for good (MQTT 5 reason code): ledger its
+        ``(seq, readings)`` batches."""
+        for first, last, messages, readings in _runs(list(batches)):
+            self._record(LossReason.REJECTED_BY_BROKER, first, last, messages, readings,
+                         detail)
 
     def full(self) -> bool:
         """True while a limit leaves no room for new batches (used by ``block``)."""

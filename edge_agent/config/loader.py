@@ -21,6 +21,7 @@ from .model import (
     BufferConfig,
     ClockConfig,
     DeviceConfig,
+    DrainOrder,
     Durability,
     GatewayConfig,
     MqttVersion,
@@ -121,7 +122,8 @@ def _parse_uplink(cur: Cursor, base: Path, gateway: GatewayConfig | None) -> Upl
         required={"host", "topic_prefix"},
         optional={"port", "security", "tls", "client_id", "mqtt_version", "keepalive_s",
                   "max_inflight", "connect_timeout_s", "reconnect_initial_s",
-                  "reconnect_max_s", "shutdown_grace_s", "username", "password"})
+                  "reconnect_max_s", "shutdown_grace_s", "username", "password",
+                  "max_message_bytes", "coalesce", "drain", "historical_after_s"})
     if keys is None:
         return None
     security = _opt(keys, "security", "enum", Security.TLS, enum_type=Security)
@@ -151,6 +153,11 @@ def _parse_uplink(cur: Cursor, base: Path, gateway: GatewayConfig | None) -> Upl
         "shutdown_grace_s": _opt(keys, "shutdown_grace_s", "float", 5.0, minimum=0),
         "username": _opt(keys, "username", "str", None),
         "password": _opt(keys, "password", "str", None),
+        "max_message_bytes": _opt(keys, "max_message_bytes", "size", 128 * 1024,
+                                  minimum=4096, maximum=256 * 1024**2),
+        "coalesce": _opt(keys, "coalesce", "bool", True),
+        "drain": _opt(keys, "drain", "enum", DrainOrder.OLDEST_FIRST, enum_type=DrainOrder),
+        "historical_after_s": _opt(keys, "historical_after_s", "float", 10.0, minimum=0),
     }
     if MISSING in values.values() or security is MISSING or (
             security is Security.TLS and tls is None):

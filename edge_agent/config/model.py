@@ -19,6 +19,7 @@ __all__ = [
     "BufferConfig",
     "ClockConfig",
     "DeviceConfig",
+    "DrainOrder",
     "Durability",
     "GatewayConfig",
     "MqttVersion",
@@ -67,6 +68,15 @@ class TlsConfig:
     """Name expected in the broker's certificate, when it differs from ``uplink.host``."""
 
 
+class DrainOrder(StrEnum):
+    """In which order a backlog (readings stored while the uplink was down or slow) goes out."""
+
+    OLDEST_FIRST = "oldest_first"
+    """Strictly in sequence order: live readings wait until the backlog is sent."""
+    LIVE_FIRST = "live_first"
+    """New readings go out as they are committed; the backlog drains beside them."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UplinkConfig:
     host: str
@@ -84,6 +94,17 @@ class UplinkConfig:
     shutdown_grace_s: float = 5.0
     username: str | None = None
     password: str | None = None
+    max_message_bytes: int = 128 * 1024
+    """Largest telemetry payload. Under a backlog several stored batches go out in one
+    message up to this size (fewer, larger messages when the broker is slow); the broker's
+    own maximum packet size (MQTT 5 CONNACK) lowers it further."""
+    coalesce: bool = True
+    """``False``: one stored batch per message, always (for consumers that predate the
+    ``batches`` form of the contract)."""
+    drain: DrainOrder = DrainOrder.OLDEST_FIRST
+    historical_after_s: float = 10.0
+    """A message whose readings were committed longer ago than this is flagged
+    ``historical`` (backlog, not live data)."""
 
 
 class OverflowPolicy(StrEnum):

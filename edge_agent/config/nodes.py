@@ -200,17 +200,18 @@ class Cursor:
             return MISSING
         return value
 
-    def size(self, *, minimum: builtins.int = 0) -> Any:
+    def size(self, *, minimum: builtins.int = 0,
+             maximum: builtins.int | None = None) -> Any:
         """A byte size: a whole number or a string such as ``512 MiB``."""
         value = self.scalar()
         if isinstance(value, int) and not isinstance(value, bool):
-            return self._bounded(value, minimum, None)
+            return self._bounded(value, minimum, maximum)
         match = _SIZE.match(value) if isinstance(value, str) else None
         if match is None:
             self.error(f"expected a size such as 1048576 or '512 MiB', got {self._kind()}")
             return MISSING
         unit = (match.group(2) or "b").lower()
-        return self._bounded(int(float(match.group(1)) * _SIZE_UNITS[unit]), minimum, None)
+        return self._bounded(int(float(match.group(1)) * _SIZE_UNITS[unit]), minimum, maximum)
 
     def enum(self, enum_type: type[E]) -> Any:
         value = self.scalar()

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -69,13 +70,17 @@ class MosquittoBroker:
         plaintext: bool = False,
         acl: str | None = None,
         tls_version: str = "tlsv1.2",
+        settings: Mapping[str, str] | None = None,
         ready_timeout_s: float = 10.0,
     ) -> None:
         """Describe the broker; nothing runs before :meth:`start`.
 
         ``acl`` is the text of a Mosquitto ACL file (applied to both listeners);
-        ``tls_version`` is the oldest TLS version accepted (``tlsv1.2`` or ``tlsv1.3``).
+        ``tls_version`` is the oldest TLS version accepted (``tlsv1.2`` or ``tlsv1.3``);
+        ``settings`` are mosquitto.conf options for the broker and its TLS listener, e.g.
+        ``{"max_packet_size": "4096"}`` (a broker announcing MQTT 5 limits in its CONNACK).
         """
+        self.settings = dict(settings or {})
         self.directory = directory
         self.ca_file = ca_file
         self.cert_file = cert_file
@@ -202,6 +207,8 @@ class MosquittoBroker:
             "require_certificate true",
             "use_identity_as_username true",
             *acl_lines,
+            # After the listener: global options apply anyway, listener ones to this one.
+            *(f"{key} {value}" for key, value in self.settings.items()),
         ]
         if self.plain_port is not None:
             lines += [

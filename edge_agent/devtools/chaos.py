@@ -27,12 +27,14 @@ import threading
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 
 from edge_agent.devtools.broker import MosquittoBroker
 from edge_agent.devtools.pki import Pki
 from edge_agent.devtools.watch import Received
+from edge_agent.telemetry.contract import batches_of
 
 __all__ = [
     "AgentProcess",
@@ -179,6 +181,16 @@ class AgentProcess:
         return self._process
 
 
+def _batch_digest(batch: dict[str, Any]) -> bytes:
+    """The readings of a batch, whichever message form and flags it came with."""
+    content = {k: v for k, v in batch.items() if k not in _ENVELOPE_MEMBERS}
+    return hashlib.blake2b(orjson.dumps(content, option=orjson.OPT_SORT_KEYS),
+                           digest_size=16).digest()
+
+
+_ENVELOPE_MEMBERS = frozenset({"v", "gateway", "site", "historical", "seq_last"})
+
+
 def _status_kib(pid: int, key: str) -> int:
     status = Path(f"/proc/{pid}/status").read_text()
     return next(int(line.split()[1]) for line in status.splitlines() if line.startswith(key))
@@ -300,8 +312,9 @@ def open_copy(copy: Path) -> tuple[str, BufferView]:
 class SeqLedger:
     """Sequence numbers seen on the telemetry topic (a Watcher's ``on_message``; thread-safe).
 
-    Keeps a digest of each number's first payload, so that a duplicate can be checked to be
-    byte-identical and a reused number (same seq, other payload) is caught.
+    Works per stored batch (``batches_of``: a coalesced message carries several). Keeps a
+    digest of each number's first copy, so that a duplicate can be checked to carry the same
+    readings and a reused number (same seq, other readings) is caught.
     """
 
     topic: str = TELEMETRY_TOPIC
@@ -310,30 +323,49 @@ class SeqLedger:
     readings: int = 0
     """Readings of the first copies (duplicates not counted)."""
     duplicates: int = 0
+    """Batches received again."""
+    duplicate_messages: int = 0
+    """Messages that carried at least one batch received before."""
     conflicts: dict[int, int] = field(default_factory=dict)
     """seq -> how many copies differed from the first one (must stay empty)."""
-    arrivals: list[int] = field(default_factory=list)
-    """Every seq in arrival order, duplicates included."""
+    arrivals: list[tuple[int, ...]] = field(default_factory=list)
+    """The batch numbers of every message in arrival order, duplicates included."""
     changed: threading.Condition = field(default_factory=threading.Condition)
 
     def __call__(self, message: Received) -> None:
         if message.topic != self.topic:
             return
-        digest = hashlib.blake2b(message.payload, digest_size=16).digest()
-        doc = orjson.loads(message.payload)
-        seq = int(doc["seq"])
+        batches = batches_of(orjson.loads(message.payload))
         with self.changed:
-            self.arrivals.append(seq)
-            known = self.first.get(seq)
-            if known is None:
-                self.first[seq] = digest
-                if self.count_readings:
-                    self.readings += sum(len(s["values"]) for s in doc["samples"])
-            else:
-                self.duplicates += 1
-                if known != digest:
-                    self.conflicts[seq] = self.conflicts.get(seq, 0) + 1
+            self.arrivals.append(tuple(int(b["seq"]) for b in batches))
+            repeated = False
+            for batch in batches:
+                seq = int(batch["seq"])
+                digest = _batch_digest(batch)
+                known = self.first.get(seq)
+                if known is None:
+                    self.first[seq] = digest
+                    if self.count_readings:
+                        self.readings += sum(len(s["values"]) for s in batch["samples"])
+                else:
+                    self.duplicates += 1
+                    repeated = True
+                    if known != digest:
+                        self.conflicts[seq] = self.conflicts.get(seq, 0) + 1
+            self.duplicate_messages += repeated
             self.changed.notify_all()
+
+    def first_copies(self) -> list[int]:
+        """Batch numbers in the order of their first arrival."""
+        seen: set[int] = set()
+        order: list[int] = []
+        with self.changed:
+            for message in self.arrivals:
+                for seq in message:
+                    if seq not in seen:
+                        seen.add(seq)
+                        order.append(seq)
+        return order
 
     def seen(self) -> set[int]:
         with self.changed:
@@ -360,6 +392,9 @@ class Reconciliation:
     lost: frozenset[int]
     """Neither received nor stored: unexplained loss."""
     duplicates: int
+    """Batches received more than once."""
+    duplicate_messages: int
+    """Messages that carried a batch received before (the in-flight window bounds these)."""
     conflicts: dict[int, int]
     """Reused numbers: seq -> copies with another payload than the first."""
     beyond: frozenset[int]
@@ -371,23 +406,26 @@ def reconcile(ledger: SeqLedger, buffer: BufferView) -> Reconciliation:
     with ledger.changed:
         seen = set(ledger.first)
         duplicates = ledger.duplicates
+        duplicate_messages = ledger.duplicate_messages
         conflicts = dict(ledger.conflicts)
     expected = set(range(1, buffer.last_seq + 1))
     return Reconciliation(
         last_seq=buffer.last_seq, received=len(seen), still_buffered=buffer.seqs,
         lost=frozenset(expected - seen - buffer.seqs), duplicates=duplicates,
-        conflicts=conflicts, beyond=frozenset(s for s in seen if s > buffer.last_seq))
+        duplicate_messages=duplicate_messages, conflicts=conflicts,
+        beyond=frozenset(s for s in seen if s > buffer.last_seq))
 
 
-def duplicates_per_epoch(arrivals: list[int], marks: list[int]) -> list[int]:
-    """Duplicates received in each epoch: ``marks`` are arrival counts at each (re)start."""
+def duplicates_per_epoch(arrivals: list[tuple[int, ...]], marks: list[int]) -> list[int]:
+    """Messages carrying a batch received before, per epoch: ``marks`` are message arrival
+    counts at each (re)start."""
     seen: set[int] = set()
     counts = [0] * len(marks)
     epoch = -1
-    for index, seq in enumerate(arrivals):
+    for index, message in enumerate(arrivals):
         while epoch + 1 < len(marks) and index >= marks[epoch + 1]:
             epoch += 1
-        if seq in seen:
+        if not seen.isdisjoint(message):
             counts[max(epoch, 0)] += 1
-        seen.add(seq)
+        seen.update(message)
     return counts

@@ -23,6 +23,7 @@ from edge_agent.devtools.broker import MosquittoBroker
 from edge_agent.devtools.pki import make_pki
 from edge_agent.devtools.simulator import DEMO_POINTS, Profile, SimulatedSite
 from edge_agent.devtools.watch import Received, Watcher
+from edge_agent.telemetry.contract import batches_of
 
 __all__ = ["demo_config", "run_demo"]
 
@@ -79,16 +80,20 @@ def show(message: Received) -> None:
               + (f" ({doc['reason']})" if doc.get("reason") else "")
               + (" [retained]" if message.retain else ""), flush=True)
         return
-    lines = [f"\n[{message.topic}] seq={doc['seq']} gateway={doc['gateway']}"]
-    for sample in doc.get("samples", []):
-        values = sample["values"]
-        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in list(values.items())[:6])
-        lines.append(f"  {sample['ts']} {sample['device']:<14} {sample['quality']:<4} "
-                     f"{shown}, ... ({len(values)} readings)"
-                     + (f" reason: {sample['reason']}" if "reason" in sample else ""))
-    for event in doc.get("events", []):
-        lines.append(f"  {event['ts']} {event['device']:<14} is {event['state']}"
-                     + (f": {event['detail']}" if event.get("detail") else ""))
+    batches = batches_of(doc)
+    span = f"seq={doc['seq']}" + (f"..{doc['seq_last']}" if "seq_last" in doc else "")
+    lines = [f"\n[{message.topic}] {span} gateway={doc['gateway']}"
+             + (" (historical)" if doc.get("historical") else "")]
+    for batch in batches:
+        for sample in batch.get("samples", []):
+            values = sample["values"]
+            shown = ", ".join(f"{k}={_fmt(v)}" for k, v in list(values.items())[:6])
+            lines.append(f"  {sample['ts']} {sample['device']:<14} {sample['quality']:<4} "
+                         f"{shown}, ... ({len(values)} readings)"
+                         + (f" reason: {sample['reason']}" if "reason" in sample else ""))
+        for event in batch.get("events", []):
+            lines.append(f"  {event['ts']} {event['device']:<14} is {event['state']}"
+                         + (f": {event['detail']}" if event.get("detail") else ""))
     print("\n".join(lines), flush=True)
 
 

@@ -4,10 +4,11 @@ from .contract import (
     CONTRACT_VERSION,
     DeviceEvent,
     MessageBody,
+    batches_of,
     encode_body,
-    envelope,
     format_ts,
     status_payload,
+    telemetry_message,
     topics,
 )
 
@@ -15,9 +16,10 @@ __all__ = [
     "CONTRACT_VERSION",
     "DeviceEvent",
     "MessageBody",
+    "batches_of",
     "encode_body",
-    "envelope",
     "format_ts",
     "status_payload",
+    "telemetry_message",
     "topics",
 ]

@@ -15,25 +15,29 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 
 from edge_agent.drivers.base import Sample
 
 __all__ = [
+    "BATCH_OVERHEAD",
     "CONTRACT_VERSION",
+    "ENVELOPE_OVERHEAD",
     "BodyBuilder",
     "DeviceEvent",
     "Kind",
     "MessageBody",
+    "StoredBody",
     "Topics",
+    "batches_of",
     "encode_body",
-    "envelope",
     "format_ts",
     "ledger_payload",
     "parse_ts",
     "status_payload",
+    "telemetry_message",
     "topics",
 ]
 
@@ -163,14 +167,51 @@ def encode_body(items: Iterable[Sample | DeviceEvent], *, max_readings: int,
     return builder.take()
 
 
-def envelope(*, gateway: str, site: str, seq: int, body: bytes,
-             clock_unsynchronized: bool = False) -> bytes:
-    """The complete message for a stored body with its sequence number."""
-    head = (b'{"v":%d,"gateway":%s,"site":%s,"seq":%d,'
-            % (CONTRACT_VERSION, orjson.dumps(gateway), orjson.dumps(site), seq))
-    if clock_unsynchronized:
-        head += b'"clock":"unsynchronized",'
-    return head + body + b"}"
+BATCH_OVERHEAD = 64
+"""Bytes a stored batch adds around its body in a message (``{"seq":…,"clock":…}``)."""
+ENVELOPE_OVERHEAD = 320
+"""Bytes a message adds around its batches, at most (names are at most 64 characters)."""
+
+
+class StoredBody(Protocol):
+    """A stored batch as the envelope needs it (:class:`edge_agent.buffer.store.StoredBatch`)."""
+
+    @property
+    def seq(self) -> int: ...
+    @property
+    def body(self) -> bytes: ...
+    @property
+    def clock_unsynchronized(self) -> bool: ...
+
+
+def _clock_member(batch: StoredBody) -> bytes:
+    return b'"clock":"unsynchronized",' if batch.clock_unsynchronized else b""
+
+
+def telemetry_message(*, gateway: str, site: str, batches: Sequence[StoredBody],
+                      historical: bool = False) -> bytes:
+    """The message for one or more consecutive stored batches, bodies reused as stored.
+
+    One batch gives the plain form (``seq``, ``samples``, ``events``); several give the
+    coalesced form, a ``batches`` array of the same members with each batch's own ``seq``,
+    so the platform deduplicates per sequence number exactly as for single messages."""
+    head = b'{"v":%d,"gateway":%s,"site":%s,"seq":%d,' % (
+        CONTRACT_VERSION, orjson.dumps(gateway), orjson.dumps(site), batches[0].seq)
+    if historical:
+        head += b'"historical":true,'
+    if len(batches) == 1:
+        return head + _clock_member(batches[0]) + batches[0].body + b"}"
+    parts = [b'{"seq":%d,' % b.seq + _clock_member(b) + b.body + b"}" for b in batches]
+    return head + b'"seq_last":%d,"batches":[' % batches[-1].seq + b",".join(parts) + b"]}"
+
+
+def batches_of(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """A consumer's view of a decoded telemetry message: its batches, each with ``seq``,
+    ``samples`` and optionally ``events`` and ``clock``, whichever form it came in. This is
+    the reference for the platform: deduplicate on (gateway, batch ``seq``)."""
+    if "batches" in message:
+        return list(message["batches"])
+    return [message]
 
 
 def status_payload(*, gateway: str, site: str, state: str, reason: str | None = None) -> bytes:

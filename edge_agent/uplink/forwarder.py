@@ -27,10 +27,17 @@ from tenacity import (
 )
 
 from edge_agent.buffer.store import BufferStore, StoredBatch
-from edge_agent.config.model import UplinkConfig
-from edge_agent.telemetry.contract import Topics, envelope, ledger_payload, status_payload
+from edge_agent.config.model import DrainOrder, UplinkConfig
+from edge_agent.telemetry.contract import (
+    ENVELOPE_OVERHEAD,
+    Topics,
+    ledger_payload,
+    status_payload,
+    telemetry_message,
+)
 
-from .errors import PublishRejected, UplinkError
+from .errors import PublishRejected, UplinkError, UplinkRefused
+from .mqtt import RETAIN_NOT_SUPPORTED, BrokerLimits
 
 __all__ = ["Connection", "Forwarder"]
 
@@ -40,6 +47,8 @@ _STABLE_AFTER_S = 30.0
 """A connection that lived this long resets the reconnect backoff to its initial delay."""
 _DELETE_EVERY_S = 0.25
 """Acknowledged batches are deleted in groups: one commit per group, not per message."""
+_BATCHES_PER_MESSAGE = 256
+"""At most this many stored batches are coalesced into one message (besides the size)."""
 
 
 class Connection(Protocol):
@@ -55,9 +64,54 @@ class Connection(Protocol):
 
     async def wait_closed(self) -> None: ...
 
+    @property
+    def limits(self) -> BrokerLimits: ...
+
 
 class _SessionEnded(Exception):
     """A long-lived connection dropped: start the backoff from the beginning."""
+
+
+class _Drain:
+    """Which stored batches go out next, in the configured order.
+
+    ``oldest_first``: one cursor in sequence order. ``live_first``: what was stored when the
+    connection came up (or what fell behind by ``historical_after_s`` since) is the backlog,
+    below ``boundary``; batches above it are live and go first, the backlog fills the rest
+    of the window. Used on the store's thread, while the pump waits for it.
+    """
+
+    def __init__(self, order: DrainOrder, *, last_seq: int, lag_s: float,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.live_first = order is DrainOrder.LIVE_FIRST
+        self.boundary = last_seq if self.live_first else 0
+        self.live_after = self.boundary
+        self.backlog_after = 0
+        self._lag_s = lag_s
+        self._clock = clock
+        """Wall time, as the store's ``created``."""
+
+    def next(self, store: BufferStore, *, batches: int, max_bytes: int,
+             pending: set[int]) -> list[StoredBatch]:
+        """The batches of the next message (consecutive in one stream), or none."""
+        group = store.read_after(self.live_after, batches, max_bytes=max_bytes)
+        if self.live_first and group and group[0].created < self._clock() - self._lag_s:
+            # Live data fell behind (the broker is slower than the devices): what waits
+            # becomes backlog and live restarts at the newest commit.
+            self.boundary = self.live_after = store.last_seq
+            group = []
+        if group:
+            self.live_after = group[-1].seq
+            return group
+        if self.backlog_after >= self.boundary:
+            return []
+        # Batches sent from the live stream before the boundary moved are still in flight
+        # (or acknowledged, not yet deleted): they must not go out twice.
+        group = store.read_after(self.backlog_after, batches, upto=self.boundary,
+                                 max_bytes=max_bytes, skip=pending)
+        if group:
+            self.backlog_after = group[-1].seq
+        return group
 
 
 class Forwarder:
@@ -65,7 +119,7 @@ class Forwarder:
 
     def __init__(self, store: BufferStore, *, executor: ThreadPoolExecutor,
                  config: UplinkConfig, gateway: str, site: str, topics: Topics,
-                 connect: Callable[[], Connection],
+                 connect: Callable[..., Connection],
                  on_deleted: Callable[[], None] = lambda: None) -> None:
         self._store = store
         self._executor = executor
@@ -74,6 +128,9 @@ class Forwarder:
         self._site = site
         self._topics = topics
         self._connect = connect
+        """Opens a connection: ``connect(will_retain=...)``."""
+        self._will_retain = True
+        """False once a broker refused a retained will (it has no retained messages)."""
         self._on_deleted = on_deleted
         self._backoff = wait_exponential_jitter(multiplier=config.reconnect_initial_s,
                                                 max=config.reconnect_max_s,
@@ -81,12 +138,22 @@ class Forwarder:
         self._wake = asyncio.Event()
         """Set on every commit and every acknowledgement: the pump has work to look at."""
         self._acked: list[int] = []
-        self._rejected: list[tuple[int, int, str]] = []
+        """Sequence numbers of acknowledged batches, to delete at the next flush."""
+        self._rejected: list[tuple[list[tuple[int, int]], str]] = []
+        """Messages the broker refused for good: their (seq, readings) and the reason."""
+        self._settled = 0
+        """Messages acknowledged or refused and not yet flushed (they count in the window)."""
+        self._pending: set[int] = set()
+        """Sequence numbers sent on this connection and not yet deleted."""
         self._ledger_acked: list[int] = []
         self._ledger_sending = False
         self._idle = asyncio.Event()
         self.connected = False
         self.published = 0
+        self.coalesced = 0
+        """Messages that carried more than one stored batch."""
+        self.peak_inflight = 0
+        """Most telemetry messages unacknowledged at once (the window actually used)."""
         self.acked_messages = 0
         self.acked_readings = 0
 
@@ -138,7 +205,7 @@ class Forwarder:
     async def _session(self) -> None:
         started = time.monotonic()
         try:
-            async with self._connect() as conn:
+            async with self._connect(will_retain=self._will_retain) as conn:
                 self.connected = True
                 await conn.publish(self._topics.status, status_payload(
                     gateway=self._gateway, site=self._site, state="online"), retain=True)
@@ -150,8 +217,17 @@ class Forwarder:
         except asyncio.CancelledError:
             await asyncio.shield(self._flush_acks())
             raise
-        except UplinkError:
+        except UplinkError as exc:
             await self._flush_acks()
+            if (isinstance(exc, UplinkRefused) and exc.reason_code == RETAIN_NOT_SUPPORTED
+                    and self._will_retain):
+                # MQTT 5: a broker without retained messages refuses a retained will. The
+                # status topic then works without retain: say so, and connect again now.
+                log.warning("broker %s:%d has no retained messages: the status topic and "
+                            "the last will are sent without retain", self._config.host,
+                            self._config.port)
+                self._will_retain = False
+                raise _SessionEnded from None
             if time.monotonic() - started >= _STABLE_AFTER_S:
                 log.warning("uplink connection lost; reconnecting")
                 self.connected = False
@@ -170,41 +246,65 @@ class Forwarder:
             log.debug("could not publish offline status at shutdown: %s", exc)
 
     async def _pump(self, conn: Connection) -> None:
-        """Publish stored batches in sequence order.
+        """Publish stored batches in the configured order.
 
         The window counts every message sent and not yet *deleted*: unacknowledged ones and
         acknowledged ones whose deletion is still to be committed. Both would be sent again
-        after a crash, so keeping their sum within ``max_inflight`` is what bounds the
-        duplicates per crash. Deletions are committed in groups (half a window, or every
-        ``_DELETE_EVERY_S``) so the card is not written once per message.
+        after a crash, so keeping their sum within ``max_inflight`` (and the broker's
+        Receive Maximum) is what bounds the duplicates per crash. Deletions are committed in
+        groups (half a window, or every ``_DELETE_EVERY_S``) so the card is not written once
+        per message.
+
+        When more than one stored batch is waiting, a message takes as many consecutive ones
+        as fit in ``max_message_bytes``: a slow broker gets fewer, larger messages, not more
+        of them, and the window's memory stays bounded whatever the backlog.
         """
         loop = asyncio.get_running_loop()
+        limits = conn.limits
         # One slot of the window stays free for the ledger and status messages.
-        limit = max(1, self._config.max_inflight - 1)
+        limit = max(1, min(self._config.max_inflight, limits.receive_maximum) - 1)
         flush_at = max(1, limit // 2)
+        budget = self._config.max_message_bytes
+        broker_max = limits.max_payload(self._topics.telemetry)
+        if broker_max is not None and broker_max < budget:
+            log.info("broker's maximum packet size limits messages to %d bytes", broker_max)
+            budget = broker_max
+        budget -= ENVELOPE_OVERHEAD
+        per_message = _BATCHES_PER_MESSAGE if self._config.coalesce else 1
+        drain = _Drain(self._config.drain, last_seq=self._store.last_seq,
+                       lag_s=self._config.historical_after_s)
         inflight: set[asyncio.Future[None]] = set()
+        self._pending = set()
         self._ledger_sending = False
         closed = asyncio.ensure_future(conn.wait_closed())
-        cursor = 0
         last_flush = time.monotonic()
+
+        def next_messages(count: int) -> list[list[StoredBatch]]:
+            out: list[list[StoredBatch]] = []
+            while len(out) < count:
+                group = drain.next(self._store, batches=per_message, max_bytes=budget,
+                                   pending=self._pending)
+                if not group:
+                    break
+                out.append(group)
+            return out
+
         try:
             while True:
                 now = time.monotonic()
-                settled = len(self._acked) + len(self._rejected)
-                if settled >= flush_at or self._ledger_acked or (
-                        settled and now - last_flush >= _DELETE_EVERY_S):
+                if self._settled >= flush_at or self._ledger_acked or (
+                        self._settled and now - last_flush >= _DELETE_EVERY_S):
                     await self._flush_acks()
                     last_flush = now
                 self._wake.clear()
                 if self._store.unreported and not self._ledger_sending:
                     await self._send_ledger(conn)
-                batches: list[StoredBatch] = []
-                free = limit - len(inflight) - len(self._acked) - len(self._rejected)
+                messages: list[list[StoredBatch]] = []
+                free = limit - len(inflight) - self._settled
                 if free > 0:
-                    batches = await loop.run_in_executor(
-                        self._executor, self._store.read_after, cursor, free)
-                if not batches:
-                    if self._acked or self._rejected:
+                    messages = await loop.run_in_executor(self._executor, next_messages, free)
+                if not messages:
+                    if self._settled:
                         await self._flush_acks()  # the window is full or the buffer empty
                         last_flush = time.monotonic()
                         continue
@@ -218,13 +318,19 @@ class Forwarder:
                         closed.result()
                     continue
                 self._idle.clear()
-                for batch in batches:
-                    future = conn.publish(self._topics.telemetry, self._payload(batch))
+                old = time.time() - self._config.historical_after_s
+                for batches in messages:
+                    payload = telemetry_message(gateway=self._gateway, site=self._site,
+                                                batches=batches,
+                                                historical=batches[0].created < old)
+                    future = conn.publish(self._topics.telemetry, payload)
                     inflight.add(future)
                     future.add_done_callback(
-                        functools.partial(self._on_done, batch=batch, inflight=inflight))
-                    cursor = batch.seq
+                        functools.partial(self._on_done, batches=batches, inflight=inflight))
+                    self._pending.update(b.seq for b in batches)
+                    self.peak_inflight = max(self.peak_inflight, len(inflight))
                     self.published += 1
+                    self.coalesced += len(batches) > 1
         finally:
             closed.cancel()
             for future in inflight:
@@ -240,6 +346,11 @@ class Forwarder:
         totals = await loop.run_in_executor(self._executor, self._store.ledger_totals)
         payload = ledger_payload(gateway=self._gateway, site=self._site, entries=entries,
                                  totals=totals)
+        max_payload = conn.limits.max_payload(self._topics.ledger)
+        while max_payload is not None and len(payload) > max_payload and len(entries) > 1:
+            entries = entries[:len(entries) // 2]  # the rest go in the next ledger messages
+            payload = ledger_payload(gateway=self._gateway, site=self._site, entries=entries,
+                                     totals=totals)
         future = conn.publish(self._topics.ledger, payload)
         self._ledger_sending = True
         ids = [e.id for e in entries]
@@ -252,25 +363,23 @@ class Forwarder:
 
         future.add_done_callback(done)
 
-    def _payload(self, batch: StoredBatch) -> bytes:
-        return envelope(gateway=self._gateway, site=self._site, seq=batch.seq, body=batch.body,
-                        clock_unsynchronized=batch.clock_unsynchronized)
-
-    def _on_done(self, future: asyncio.Future[None], *, batch: StoredBatch,
+    def _on_done(self, future: asyncio.Future[None], *, batches: list[StoredBatch],
                  inflight: set[asyncio.Future[None]]) -> None:
         inflight.discard(future)
         if future.cancelled():
             return
         exc = future.exception()
         if exc is None:
-            self._acked.append(batch.seq)
+            self._acked.extend(b.seq for b in batches)
+            self._settled += 1
             self.acked_messages += 1
-            self.acked_readings += batch.readings
+            self.acked_readings += sum(b.readings for b in batches)
         elif isinstance(exc, PublishRejected):
-            # The broker will never take this message (e.g. not authorised): keep the rest
-            # flowing, and account for it in the loss ledger (which also logs it).
-            self._rejected.append((batch.seq, batch.readings, str(exc)))
-        # UplinkDisconnected: the batch stays stored and is sent on the next connection.
+            # The broker will never take this message (e.g. not authorised, too large):
+            # keep the rest flowing, and account for it in the loss ledger (which logs it).
+            self._rejected.append(([(b.seq, b.readings) for b in batches], str(exc)))
+            self._settled += 1
+        # UplinkDisconnected: the batches stay stored and go out on the next connection.
         self._wake.set()
 
     async def _flush_acks(self) -> None:
@@ -279,15 +388,19 @@ class Forwarder:
         acked, self._acked = self._acked, []
         rejected, self._rejected = self._rejected, []
         reported, self._ledger_acked = self._ledger_acked, []
+        self._settled = 0
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self._settle, acked, rejected, reported)
+        self._pending.difference_update(acked)
+        for batches, _ in rejected:
+            self._pending.difference_update(seq for seq, _ in batches)
         self._on_deleted()
 
-    def _settle(self, acked: list[int], rejected: list[tuple[int, int, str]],
+    def _settle(self, acked: list[int], rejected: list[tuple[list[tuple[int, int]], str]],
                 reported: list[int]) -> None:
         """On the store's thread: forget what was delivered or refused for good."""
-        for seq, readings, detail in rejected:
-            self._store.record_rejected(seq, readings, detail)
-        self._store.delete(acked + [seq for seq, _, _ in rejected])
+        for batches, detail in rejected:
+            self._store.record_rejected(batches, detail)
+        self._store.delete(acked + [seq for batches, _ in rejected for seq, _ in batches])
         if reported:
             self._store.mark_reported(reported)

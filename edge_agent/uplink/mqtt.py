@@ -43,7 +43,10 @@ from edge_agent.uplink.errors import (
 if TYPE_CHECKING:
     from paho.mqtt.client import SocketLike
 
-__all__ = ["InboundMessage", "MqttConnection"]
+__all__ = ["RETAIN_NOT_SUPPORTED", "BrokerLimits", "InboundMessage", "MqttConnection"]
+
+RETAIN_NOT_SUPPORTED = 0x9A
+"""CONNACK reason code of a broker without retained messages refusing a retained will."""
 
 _log = logging.getLogger(__name__)
 _paho_log = logging.getLogger(f"{__name__}.paho")
@@ -64,6 +67,10 @@ _CLIENT_CERT_ALERTS = (
     "ACCESS_DENIED",
     "DECRYPT_ERROR",
 )
+_CONNACK_HINTS = {
+    0x9B: "; the broker accepts QoS 0 only, the agent needs QoS 1 for at-least-once delivery",
+    0x87: "; check the broker's ACL for this client",
+}
 _HOSTNAME_MISMATCH_CODES = (62, 64)  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
 
 
@@ -75,6 +82,37 @@ class InboundMessage:
     payload: bytes
     qos: int
     retain: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerLimits:
+    """What the broker allows this client, from the MQTT 5 CONNACK properties (MQTT 5.0
+    section 3.2.2.3). Under MQTT 3.1.1, or when the broker leaves one out, the protocol's
+    defaults apply."""
+
+    receive_maximum: int = 65535
+    """QoS 1 publishes the client may have unacknowledged at once."""
+    maximum_packet_size: int | None = None
+    """Largest packet the broker accepts, in bytes (``None``: no limit but the protocol's)."""
+    retain_available: bool = True
+
+    @classmethod
+    def from_connack(cls, properties: Properties | None) -> BrokerLimits:
+        if properties is None:
+            return cls()
+        return cls(
+            receive_maximum=int(getattr(properties, "ReceiveMaximum", 65535)),
+            maximum_packet_size=getattr(properties, "MaximumPacketSize", None),
+            retain_available=bool(getattr(properties, "RetainAvailable", 1)),
+        )
+
+    def max_payload(self, topic: str) -> int | None:
+        """The largest QoS 1 PUBLISH payload on ``topic`` within ``maximum_packet_size``:
+        the packet adds a fixed header (at most 5 bytes), the topic (2 + its length), the
+        packet identifier (2) and an empty property block (1)."""
+        if self.maximum_packet_size is None:
+            return None
+        return self.maximum_packet_size - (5 + 2 + len(topic.encode()) + 2 + 1)
 
 
 class _UplinkSslContext(ssl.SSLContext):
@@ -144,10 +182,12 @@ class MqttConnection:
     Not reusable: open a new instance to reconnect.
     """
 
-    def __init__(self, config: UplinkConfig, *, will_topic: str, will_payload: bytes) -> None:
+    def __init__(self, config: UplinkConfig, *, will_topic: str, will_payload: bytes,
+                 will_retain: bool = True) -> None:
         self._config = config
         self._will_topic = will_topic
         self._will_payload = will_payload
+        self._will_retain = will_retain
         self._endpoint = f"{config.host}:{config.port}"
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: paho.Client | None = None
@@ -171,6 +211,8 @@ class MqttConnection:
         self._disconnect_detail: str | None = None
         self.dropped_messages = 0
         """Inbound messages dropped because nobody consumed them (the inbox is bounded)."""
+        self.limits = BrokerLimits()
+        """The broker's limits, known once connected (MQTT 5 CONNACK properties)."""
 
     # -- public API ---------------------------------------------------------------------
 
@@ -199,16 +241,28 @@ class MqttConnection:
     ) -> asyncio.Future[None]:
         """Send a message now; the future completes on the broker's PUBACK (QoS 1).
 
-        It fails with :class:`PublishRejected` for an MQTT 5 failure reason code, or with
+        It fails with :class:`PublishRejected` for an MQTT 5 failure reason code (0x95,
+        without sending, when the payload exceeds the broker's maximum packet size), or with
         :class:`UplinkDisconnected` if the connection ends first. At most
         ``config.max_inflight`` publishes may be pending: beyond that this raises
-        RuntimeError rather than queueing silently (the caller owns the window).
+        RuntimeError rather than queueing silently (the caller owns the window, and keeps it
+        within the broker's ``limits.receive_maximum``). ``retain`` is ignored when the
+        broker has no retained messages.
         """
         loop, client = self._require_connected()
         future: asyncio.Future[None] = loop.create_future()
         if self._lost:
             _fail_quietly(future, self._disconnected_error())
             return future
+        max_payload = self.limits.max_payload(topic)
+        if max_payload is not None and len(payload) > max_payload:
+            # MQTT 5.0 [MQTT-3.2.2-16]: a packet too large for the broker is discarded
+            # unsent, as if it had been sent: the caller accounts for it.
+            _fail_quietly(future, PublishRejected(
+                0x95, f"packet too large: {len(payload)} bytes of payload, the broker's "
+                f"maximum packet size ({self.limits.maximum_packet_size}) allows {max_payload}"))
+            return future
+        retain = retain and self.limits.retain_available
         info = client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
             raise RuntimeError(self._window_full_message())
@@ -380,7 +434,7 @@ class MqttConnection:
         # The window is the caller's; paho never queues beyond it (QUEUE_SIZE instead).
         client.max_inflight_messages_set(config.max_inflight)
         client.max_queued_messages_set(config.max_inflight)
-        client.will_set(self._will_topic, self._will_payload, qos=1, retain=True)
+        client.will_set(self._will_topic, self._will_payload, qos=1, retain=self._will_retain)
         if config.username is not None:
             client.username_pw_set(config.username, config.password)
         return client
@@ -577,15 +631,29 @@ class MqttConnection:
         if connack is None or connack.done():
             return
         if reason_code.is_failure:
+            hint = _CONNACK_HINTS.get(reason_code.value, "")
             connack.set_exception(
                 UplinkRefused(
                     f"broker {self._endpoint} refused the connection: {reason_code} "
-                    f"(CONNACK reason code 0x{reason_code.value:02x})",
+                    f"(CONNACK reason code 0x{reason_code.value:02x}){hint}",
                     reason_code=reason_code.value,
                 )
             )
-        else:
-            connack.set_result(None)
+            return
+        if getattr(properties, "MaximumQoS", 1) == 0:
+            # Publishing QoS 1 now would be a protocol error, and QoS 0 cannot tell what
+            # reached the broker: keep everything buffered and say why.
+            connack.set_exception(
+                UplinkRefused(
+                    f"broker {self._endpoint} accepts QoS 0 only (CONNACK Maximum QoS 0); "
+                    "the agent needs QoS 1 for at-least-once delivery"
+                )
+            )
+            return
+        # paho does not apply these itself (it cannot change its window once connected):
+        # publish() and the forwarder's window do.
+        self.limits = BrokerLimits.from_connack(properties)
+        connack.set_result(None)
 
     def _on_disconnect(
         self,
