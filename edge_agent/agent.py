@@ -76,7 +76,8 @@ class Agent:
                                                 max_bytes=config.buffer.max_bytes,
                                                 max_age_s=config.buffer.max_age_s,
                                                 min_free_bytes=config.buffer.min_free_bytes,
-                                                policy=config.buffer.policy))
+                                                policy=config.buffer.policy,
+                                                thin=config.buffer.thin))
         stats = await loop.run_in_executor(self._executor, self.store.stats)
         log.info("buffer %s: %d readings waiting to be sent, last sequence number %d",
                  config.buffer.path, stats.readings, stats.last_seq)

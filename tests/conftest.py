@@ -32,6 +32,7 @@ from edge_agent.devtools.broker import MosquittoBroker
 from edge_agent.devtools.pki import Pki, make_pki
 from edge_agent.devtools.simulator import SimulatedSite
 from edge_agent.devtools.watch import Received, Watcher
+from edge_agent.telemetry import batches_of
 
 if TYPE_CHECKING:  # only annotations: conftest does not import the whole agent
     from edge_agent.agent import Agent
@@ -216,9 +217,7 @@ def _docs_of(messages: list[Received], leaf: str) -> list[dict[str, Any]]:
 
 
 def _delivered(messages: list[Received]) -> set[int]:
-    # A telemetry message carries one batch (``seq``) or, coalesced, several (``batches``,
-    # each with its own ``seq``): the forms edge_agent.telemetry's batches_of reads.
-    return {b["seq"] for d in _docs_of(messages, "telemetry") for b in d.get("batches", [d])}
+    return {b["seq"] for d in _docs_of(messages, "telemetry") for b in batches_of(d)}
 
 
 def _explained(messages: list[Received]) -> set[int]:

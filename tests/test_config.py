@@ -9,6 +9,7 @@ import pytest
 
 from edge_agent.cli import main
 from edge_agent.config import ConfigInvalid, Security, parse_config
+from edge_agent.config.model import DrainOrder, ThinRule
 from edge_agent.drivers.modbus.config import ByteOrder, DataType, ModbusPoint, Table
 
 BASE = """\
@@ -161,3 +162,33 @@ def test_validate_command_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "Traceback" not in err
     assert main(["validate", str(tmp_path / "missing.yaml")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("thin", "message"), [
+    ("{keep_every: 4, min_max_window_s: 60}", "set exactly one of keep_every"),
+    ("{}", "set exactly one of keep_every"),
+    ("{keep_every: 1}", "1 is below the minimum of 2"),
+    ("{min_max_window_s: 0.5}", "0.5 is below the minimum of 1"),
+])
+def test_thinning_mistakes_point_at_buffer_thin(tmp_path: Path, thin: str, message: str) -> None:
+    found = problems(BASE.replace("  path: buffer.db\n", f"  path: buffer.db\n  thin: {thin}\n"),
+                     tmp_path)
+    assert len(found) == 1 and found[0].startswith("buffer.thin") and message in found[0]
+
+
+def test_thinning_with_policy_block_is_refused(tmp_path: Path) -> None:
+    found = problems(BASE.replace(
+        "  path: buffer.db\n", "  path: buffer.db\n  policy: block\n  thin: {keep_every: 4}\n"),
+        tmp_path)
+    assert len(found) == 1 and "thin has no effect with policy block" in found[0]
+
+
+def test_thinning_and_drain_settings_parse(tmp_path: Path) -> None:
+    text = BASE.replace("  path: buffer.db\n",
+                        "  path: buffer.db\n  thin: {min_max_window_s: 60}\n").replace(
+        "  security: plaintext\n", "  security: plaintext\n  drain: live_first\n"
+        "  max_message_bytes: 64 KiB\n  historical_after_s: 30\n")
+    config = parse_config(text, base_dir=tmp_path)
+    assert config.buffer.thin == ThinRule(min_max_window_s=60.0)
+    assert (config.uplink.drain, config.uplink.max_message_bytes,
+            config.uplink.historical_after_s) == (DrainOrder.LIVE_FIRST, 65536, 30.0)

@@ -4,57 +4,32 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import jsonschema
-import orjson
 
 from edge_agent.agent import Agent
+from edge_agent.buffer.store import LossReason
 from edge_agent.config import AgentConfig, OverflowPolicy
 from edge_agent.devtools.broker import MosquittoBroker
 from edge_agent.devtools.pki import Pki
 from edge_agent.devtools.watch import Received, Watcher
-from edge_agent.telemetry.contract import batches_of
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 BASE = "city/town/gw-e2e"
 
-
-def docs_of(messages: list[Received], leaf: str) -> list[dict[str, Any]]:
-    return [orjson.loads(m.payload) for m in messages if m.topic == f"{BASE}/{leaf}"]
-
-
-def explained(messages: list[Received]) -> set[int]:
-    """Sequence numbers the platform received or that a ledger entry accounts for."""
-    seen = {b["seq"] for d in docs_of(messages, "telemetry") for b in batches_of(d)}
-    for ledger in docs_of(messages, "ledger"):
-        for entry in ledger["entries"]:
-            if entry["first_seq"] is not None:
-                seen |= set(range(entry["first_seq"], entry["last_seq"] + 1))
-    return seen
-
-
-async def fill_then_reconnect(agent: Agent, broker: MosquittoBroker,
-                              watcher: Callable[..., Watcher],
-                              filled: Callable[[Agent], bool]) -> list[Received]:
-    """With the broker down, commit until ``filled``; then bring the broker back and wait
-    until every sequence number so far is delivered or explained by the ledger."""
-    assert agent.writer is not None and agent.store is not None
-    while not filled(agent):
-        await agent.writer.wait_for_commits(agent.writer.commits + 1)
-    broker.start()
-    seen = watcher(broker, f"{BASE}/#")
-    target = agent.store.last_seq
-    return await seen.wait_until_async(
-        lambda ms: set(range(1, target + 1)) <= explained(ms),
-        what=f"sequence numbers 1..{target} delivered or explained")
+# The conftest fixtures docs_of, explained and fill_then_reconnect (a test module cannot
+# import from conftest).
+DocsOf = Callable[[list[Received], str], list[dict[str, Any]]]
+Seqs = Callable[[list[Received]], set[int]]
+FillThenReconnect = Callable[..., Awaitable[list[Received]]]
 
 
 async def test_cap_evictions_during_an_outage_are_reported_and_reconcile(
-        broker: MosquittoBroker, watcher: Callable[..., Watcher],
-        make_config: Callable[..., AgentConfig]) -> None:
+        broker: MosquittoBroker, make_config: Callable[..., AgentConfig], docs_of: DocsOf,
+        fill_then_reconnect: FillThenReconnect) -> None:
     """With the broker down and a tiny buffer, the oldest messages are evicted; once the
     broker is back the ledger arrives and, with the telemetry, explains every number."""
     config = make_config()
@@ -63,7 +38,7 @@ async def test_cap_evictions_during_an_outage_are_reported_and_reconcile(
     broker.stop()
     async with Agent(config) as agent:
         messages = await fill_then_reconnect(
-            agent, broker, watcher,
+            agent, broker,
             lambda a: a.store is not None and "evicted_by_cap" in a.store.ledger_totals())
     schema = json.loads((DOCS / "ledger-v1.schema.json").read_text())
     ledgers = docs_of(messages, "ledger")
@@ -77,7 +52,7 @@ async def test_cap_evictions_during_an_outage_are_reported_and_reconcile(
 async def test_messages_the_broker_refuses_are_ledgered_and_flow_goes_on(
         pki: Pki, broker_factory: Callable[..., MosquittoBroker],
         watcher: Callable[..., Watcher], make_config: Callable[..., AgentConfig],
-        tmp_path: Path) -> None:
+        tmp_path: Path, docs_of: DocsOf) -> None:
     """Under MQTT 5 a telemetry message the broker's ACL refuses (0x87) is recorded as
     rejected_by_broker and reported; the agent does not retry it forever."""
     acl = (f"user {pki.client_common_name}\n"
@@ -101,8 +76,9 @@ async def test_messages_the_broker_refuses_are_ledgered_and_flow_goes_on(
 
 
 async def test_drop_newest_refusals_reach_the_platform(
-        broker: MosquittoBroker, watcher: Callable[..., Watcher],
-        make_config: Callable[..., AgentConfig]) -> None:
+        broker: MosquittoBroker, make_config: Callable[..., AgentConfig], docs_of: DocsOf,
+        delivered: Callable[[list[Received]], set[int]],
+        fill_then_reconnect: FillThenReconnect) -> None:
     """Under drop_newest the stored backlog is delivered and the refused ranges are
     reported, so every number is again accounted for."""
     config = make_config()
@@ -111,18 +87,17 @@ async def test_drop_newest_refusals_reach_the_platform(
     broker.stop()
     async with Agent(config) as agent:
         messages = await fill_then_reconnect(
-            agent, broker, watcher,
+            agent, broker,
             lambda a: a.store is not None and "refused_by_cap" in a.store.ledger_totals())
     refused = {s for d in docs_of(messages, "ledger") for e in d["entries"]
                for s in range(e["first_seq"], e["last_seq"] + 1)}
-    delivered = {d["seq"] for d in docs_of(messages, "telemetry")}
-    assert min(delivered) == 1  # the oldest were kept
+    assert min(delivered(messages)) == 1  # the oldest were kept
     assert refused and min(refused) > 1
 
 
 async def test_block_policy_slows_polling_instead_of_dropping(
         broker: MosquittoBroker, watcher: Callable[..., Watcher],
-        make_config: Callable[..., AgentConfig]) -> None:
+        make_config: Callable[..., AgentConfig], docs_of: DocsOf, explained: Seqs) -> None:
     """Under block a full buffer holds polling back (skipped ticks grow, nothing is
     ledgered); when the uplink frees room everything stored is delivered without gaps."""
     config = make_config()
@@ -148,3 +123,10 @@ async def test_block_policy_slows_polling_instead_of_dropping(
     assert agent.writer.blocked_s > 0
     assert sum(p.stats.skipped_ticks for p in agent.pollers) > skipped  # the slowdown
     assert not docs_of(messages, "ledger")
+
+
+def test_every_loss_reason_is_in_the_ledger_schema() -> None:
+    """The contract lists exactly the reasons the buffer can record."""
+    schema = json.loads((DOCS / "ledger-v1.schema.json").read_text())
+    entry = schema["properties"]["entries"]["items"]
+    assert set(entry["properties"]["reason"]["enum"]) == {r.value for r in LossReason}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import pytest
 
@@ -216,10 +217,10 @@ def test_encode_bool() -> None:
 # -- 64-bit values, strings, bits in registers, enums and bitfields ----------------------
 
 def point_kw(address: int, type_: DataType, order: ByteOrder = ByteOrder.ABCD,
-             **kwargs: object) -> ModbusPoint:
-    values: dict[str, object] = {"name": f"p{address}", "interval_s": 1.0,
-                                 "table": Table.HOLDING, "address": address, "type": type_,
-                                 "order": order}
+             **kwargs: Any) -> ModbusPoint:
+    values: dict[str, Any] = {"name": f"p{address}", "interval_s": 1.0,
+                              "table": Table.HOLDING, "address": address, "type": type_,
+                              "order": order}
     values.update(kwargs)
     return ModbusPoint(**values)
 

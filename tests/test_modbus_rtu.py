@@ -7,6 +7,7 @@ import asyncio
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,7 +39,7 @@ BO = ByteOrder
 
 def point(name: str, address: int, type_: DataType = DataType.UINT16, *,
           table: Table = Table.HOLDING, order: ByteOrder = ByteOrder.ABCD,
-          interval_s: float = 1.0, **kwargs: object) -> ModbusPoint:
+          interval_s: float = 1.0, **kwargs: Any) -> ModbusPoint:
     return ModbusPoint(name=name, interval_s=interval_s, table=table, address=address,
                        type=type_, order=order, **kwargs)
 

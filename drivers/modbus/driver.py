@@ -75,14 +75,12 @@ _READERS = {
 }
 
 
-# mypy cannot follow the editable install's package-dir mapping, so edge_agent.drivers.*
-# types are Any to it here.
-class InvalidWrite(DeviceError):  # type: ignore[misc]
+class InvalidWrite(DeviceError):
     """A write that was refused before any I/O: unknown point, read-only table, or a value
     that does not fit the point."""
 
 
-class WriteNotVerified(DeviceError):  # type: ignore[misc]
+class WriteNotVerified(DeviceError):
     """The device accepted a write but reading it back gave other registers."""
 
 

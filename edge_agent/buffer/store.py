@@ -31,8 +31,10 @@ from pathlib import Path
 import orjson
 
 from edge_agent.clock import BOOT_ID
-from edge_agent.config.model import Durability, OverflowPolicy
+from edge_agent.config.model import Durability, OverflowPolicy, ThinRule
 from edge_agent.telemetry.contract import BATCH_OVERHEAD, Kind, format_ts, parse_ts
+
+from .thinning import thin_bodies
 
 __all__ = [
     "BufferStats",
@@ -54,7 +56,8 @@ CREATE TABLE IF NOT EXISTS batch (
     kind INTEGER NOT NULL DEFAULT 0,
     clock_offset REAL,
     boot_id TEXT,
-    clock_flag INTEGER NOT NULL DEFAULT 0
+    clock_flag INTEGER NOT NULL DEFAULT 0,
+    thinned INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS ledger (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -72,7 +75,7 @@ CREATE TABLE IF NOT EXISTS meta (
     value
 );
 """
-_FORMAT_VERSION = 3
+_FORMAT_VERSION = 4
 _HELD = "clock_offset IS NOT NULL AND clock_flag = 0"
 """Rows whose timestamps wait for a trusted clock: nothing at or after them is sent."""
 _COMPRESS_LEVEL = 1
@@ -80,6 +83,8 @@ _CACHE_KIB = 512
 _RESERVE = 1_000_000
 """Sequence numbers reserved ahead in the side file: one small write per million messages."""
 _EVICT_CHUNK = 256
+_THIN_CHUNK = 64
+"""Batches thinned together: enough for a rule to see many samples of each device."""
 
 
 class LossReason(StrEnum):
@@ -94,6 +99,8 @@ class LossReason(StrEnum):
     UNREADABLE_ROW = "unreadable_row"
     BUFFER_CORRUPT = "buffer_corrupt"
     SEQUENCE_SKIPPED = "sequence_skipped"
+    THINNED = "thinned"
+    """Readings removed from batches that are still delivered (``buffer.thin``)."""
 
 
 class StoreError(Exception):
@@ -140,8 +147,14 @@ class BufferStore:
     def __init__(self, path: Path, *, durability: Durability, max_bytes: int,
                  max_age_s: float | None = None, min_free_bytes: int = 0,
                  policy: OverflowPolicy = OverflowPolicy.DROP_OLDEST,
+                 thin: ThinRule | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.path = path
+        self.thin = thin
+        """Thin old telemetry before dropping any (policies drop_oldest and drop_newest)."""
+        self.in_flight: frozenset[int] = frozenset()
+        """Batches the forwarder sent and has not deleted yet (it rebinds this): limits do
+        not thin or evict them, as they may already be delivered."""
         self.max_bytes = max_bytes
         self.max_age_s = max_age_s
         self.min_free_bytes = min_free_bytes
@@ -226,10 +239,13 @@ class BufferStore:
         columns = {r[1] for r in self._db.execute("PRAGMA table_info(batch)")}
         for name, declaration in (("kind", "INTEGER NOT NULL DEFAULT 0"),  # format 1
                                   ("clock_offset", "REAL"), ("boot_id", "TEXT"),  # format 2
-                                  ("clock_flag", "INTEGER NOT NULL DEFAULT 0")):
+                                  ("clock_flag", "INTEGER NOT NULL DEFAULT 0"),
+                                  ("thinned", "INTEGER NOT NULL DEFAULT 0")):  # format 4
             if name not in columns:
                 self._db.execute(f"ALTER TABLE batch ADD COLUMN {name} {declaration}")
         self._db.execute(f"CREATE INDEX IF NOT EXISTS batch_held ON batch(seq) WHERE {_HELD}")
+        self._db.execute("CREATE INDEX IF NOT EXISTS batch_unthinned ON batch(seq) "
+                         "WHERE thinned = 0 AND kind = 0")
         # Held in an earlier boot: the monotonic clock they relate to is gone.
         self._db.execute(f"UPDATE batch SET clock_flag = 1 WHERE {_HELD} AND boot_id IS NOT ?",
                          (BOOT_ID,))
@@ -290,6 +306,9 @@ class BufferStore:
                 for seq, (readings, body, kind) in zip(seqs, batches, strict=True)]
         room, short = self._limits()
         incoming = sum(len(r[3]) for r in rows)
+        while (self.policy is OverflowPolicy.DROP_NEWEST and self.thin and room is not None
+               and room < incoming and self._thin_oldest()):
+            room, short = self._limits()
         if self.policy is OverflowPolicy.DROP_NEWEST and room is not None and room < incoming:
             # Refused, but numbered: the platform sees the range in the ledger, not a gap.
             self._set_sequence(seqs[-1])
@@ -464,6 +483,12 @@ class BufferStore:
         if not self.min_free_bytes:
             return by_cap, False
         st = os.statvfs(self.path.parent)
+        if st.f_bavail * st.f_frsize < self.min_free_bytes:
+            # The WAL file (up to ~4 MiB before SQLite checkpoints it) is outside the pages
+            # counted here and does not shrink by itself: below the guard, give its space
+            # back before anything is evicted for want of space.
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            st = os.statvfs(self.path.parent)
         pages = self._db.execute("PRAGMA page_count").fetchone()[0]
         spare = pages * self._page_size - self._used_bytes()  # free pages inside the file
         headroom = spare + st.f_bavail * st.f_frsize - self.min_free_bytes
@@ -478,8 +503,8 @@ class BufferStore:
                 oldest = self._db.execute("SELECT seq, readings, created FROM batch "
                                           "ORDER BY seq LIMIT ?", (_EVICT_CHUNK,)).fetchall()
                 expired = [(seq, n) for seq, n, created in oldest if created < cutoff]
-                self._evict(expired, LossReason.EVICTED_BY_AGE,
-                            f"older than max_age_s={self.max_age_s:g}")
+                self._evict([r for r in expired if r[0] not in self.in_flight],
+                            LossReason.EVICTED_BY_AGE, f"older than max_age_s={self.max_age_s:g}")
                 if len(expired) < _EVICT_CHUNK:
                     break
         while True:
@@ -490,21 +515,59 @@ class BufferStore:
             # Both still evict to keep the free-space guard: the card must never fill.
             if self.policy is not OverflowPolicy.DROP_OLDEST and not short:
                 return
+            if self.thin and self.policy is not OverflowPolicy.BLOCK and self._thin_oldest():
+                continue
             candidates = self._db.execute(
                 "SELECT seq, readings, length(body) FROM batch ORDER BY kind, seq LIMIT ?",
                 (_EVICT_CHUNK,)).fetchall()
-            if not candidates:
+            if len(candidates) <= len(self.in_flight) and all(
+                    c[0] in self.in_flight for c in candidates):
                 return
             # Only as many as cover the deficit: events must not go along with telemetry.
             rows: list[tuple[int, int]] = []
             freed = 0
             for seq, readings, size in candidates:
+                if seq in self.in_flight:
+                    continue
                 rows.append((seq, readings))
                 freed += size
                 if freed >= -room:
                     break
             reason = LossReason.EVICTED_BY_FREE_SPACE if short else LossReason.EVICTED_BY_CAP
             self._evict(rows, reason, "min_free_bytes" if short else "max_bytes")
+
+    def _thin_oldest(self) -> bool:
+        """Thin the oldest telemetry batches not thinned yet (and older than
+        ``thin.older_than_s``); False when none is left."""
+        assert self.thin is not None
+        rows = [r for r in self._db.execute(
+            "SELECT seq, readings, body FROM batch WHERE thinned = 0 AND kind = 0 "
+            "AND created < ? ORDER BY seq LIMIT ?",
+            (self._clock() - self.thin.older_than_s, _THIN_CHUNK + len(self.in_flight)))
+            if r[0] not in self.in_flight][:_THIN_CHUNK]
+        if not rows:
+            return False
+        try:
+            thinned = thin_bodies([zlib.decompress(body) for _, _, body in rows], self.thin)
+        except (zlib.error, ValueError) as exc:
+            # Left as they are (the forwarder ledgers an unreadable row when it reads it).
+            log.error("cannot thin buffer rows %d..%d (%s): left as they are",
+                      rows[0][0], rows[-1][0], exc)
+            thinned = [(b"", readings) for _, readings, _ in rows]
+        updates, removed = [], []
+        for (seq, readings, body), (new_body, kept) in zip(rows, thinned, strict=True):
+            if new_body and kept < readings:
+                updates.append((zlib.compress(new_body, _COMPRESS_LEVEL), kept, seq))
+                removed.append((seq, readings - kept))
+            else:
+                updates.append((body, readings, seq))
+        with self._transaction():
+            self._db.executemany("UPDATE batch SET body = ?, readings = ?, thinned = 1 "
+                                 "WHERE seq = ?", updates)
+        for first, last, messages, readings in _runs(removed):
+            self._record(LossReason.THINNED, first, last, messages, readings,
+                         self.thin.describe())
+        return True
 
     def _evict(self, rows: list[tuple[int, int]], reason: LossReason, detail: str) -> None:
         if not rows:

@@ -27,6 +27,7 @@ from .model import (
     MqttVersion,
     OverflowPolicy,
     Security,
+    ThinRule,
     TlsConfig,
     UplinkConfig,
 )
@@ -193,7 +194,7 @@ def _parse_buffer(cur: Cursor, base: Path) -> BufferConfig | None:
     keys = cur.mapping(required={"path"},
                        optional={"max_bytes", "durability", "commit_interval_s",
                                  "queue_max_samples", "max_message_readings", "max_age_s",
-                                 "min_free_bytes", "policy"})
+                                 "min_free_bytes", "policy", "thin"})
     if keys is None:
         return None
     path = keys["path"].str() if "path" in keys else MISSING
@@ -209,10 +210,33 @@ def _parse_buffer(cur: Cursor, base: Path) -> BufferConfig | None:
         "min_free_bytes": _opt(keys, "min_free_bytes", "size", 64 * 1024**2),
         "policy": _opt(keys, "policy", "enum", OverflowPolicy.DROP_OLDEST,
                        enum_type=OverflowPolicy),
+        "thin": _parse_thin(keys["thin"]) if "thin" in keys else None,
     }
+    if values["policy"] is OverflowPolicy.BLOCK and values["thin"] not in (None, MISSING):
+        keys["thin"].error("thin has no effect with policy block (nothing is dropped): "
+                           "remove it or choose drop_oldest or drop_newest")
     if path is MISSING or MISSING in values.values():
         return None
     return BufferConfig(path=(base / path).resolve(), **values)
+
+
+def _parse_thin(cur: Cursor) -> Any:
+    keys = cur.mapping(required=set(),
+                       optional={"keep_every", "min_max_window_s", "older_than_s"})
+    if keys is None:
+        return MISSING
+    older = _opt(keys, "older_than_s", "float", 3600.0, minimum=0)
+    if len(keys.keys() & {"keep_every", "min_max_window_s"}) != 1:
+        cur.error("set exactly one of keep_every (keep every Nth sample) or "
+                  "min_max_window_s (keep each point's lowest and highest per window)")
+        return MISSING
+    if "keep_every" in keys:
+        every = keys["keep_every"].int(minimum=2, maximum=1_000_000)
+        return MISSING if MISSING in (every, older) else ThinRule(keep_every=every,
+                                                                  older_than_s=older)
+    window = keys["min_max_window_s"].float(minimum=1)
+    return MISSING if MISSING in (window, older) else ThinRule(min_max_window_s=window,
+                                                               older_than_s=older)
 
 
 def _parse_devices(cur: Cursor) -> tuple[DeviceConfig, ...] | None:

@@ -26,6 +26,7 @@ __all__ = [
     "OverflowPolicy",
     "PointBase",
     "Security",
+    "ThinRule",
     "TlsConfig",
     "UplinkConfig",
 ]
@@ -118,6 +119,25 @@ class OverflowPolicy(StrEnum):
     """Stop taking readings: the queue fills, polling slows down (skipped ticks)."""
 
 
+@dataclass(frozen=True, slots=True)
+class ThinRule:
+    """How old telemetry is thinned before any is dropped (see edge_agent.buffer.thinning):
+    exactly one of the two is set."""
+
+    keep_every: int | None = None
+    """Keep every Nth good sample of each device."""
+    min_max_window_s: float | None = None
+    """Keep the lowest and highest reading of each point per window of this many seconds."""
+    older_than_s: float = 3600.0
+    """Only readings committed longer ago are thinned: recent data keeps full resolution
+    (and is evicted, oldest first, once nothing older is left to thin)."""
+
+    def describe(self) -> str:
+        if self.keep_every is not None:
+            return f"keep_every={self.keep_every}"
+        return f"min_max_window_s={self.min_max_window_s:g}"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BufferConfig:
     path: Path
@@ -134,6 +154,8 @@ class BufferConfig:
     """Bound of the in-memory queue between pollers and the writer, in samples (blocks)."""
     max_message_readings: int = 1000
     """Readings per telemetry message (and per stored batch)."""
+    thin: ThinRule | None = None
+    """Thin the oldest telemetry before dropping any (``None``: drop whole batches)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

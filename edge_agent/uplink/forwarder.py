@@ -274,7 +274,7 @@ class Forwarder:
         drain = _Drain(self._config.drain, last_seq=self._store.last_seq,
                        lag_s=self._config.historical_after_s)
         inflight: set[asyncio.Future[None]] = set()
-        self._pending = set()
+        self._set_pending(set())
         self._ledger_sending = False
         closed = asyncio.ensure_future(conn.wait_closed())
         last_flush = time.monotonic()
@@ -331,6 +331,7 @@ class Forwarder:
                     self.peak_inflight = max(self.peak_inflight, len(inflight))
                     self.published += 1
                     self.coalesced += len(batches) > 1
+                self._set_pending(self._pending)
         finally:
             closed.cancel()
             for future in inflight:
@@ -391,10 +392,14 @@ class Forwarder:
         self._settled = 0
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self._settle, acked, rejected, reported)
-        self._pending.difference_update(acked)
-        for batches, _ in rejected:
-            self._pending.difference_update(seq for seq, _ in batches)
+        self._set_pending(self._pending.difference(
+            acked, (seq for batches, _ in rejected for seq, _ in batches)))
         self._on_deleted()
+
+    def _set_pending(self, pending: set[int]) -> None:
+        self._pending = pending
+        # Rebound, never mutated: the store reads it on its own thread.
+        self._store.in_flight = frozenset(pending)
 
     def _settle(self, acked: list[int], rejected: list[tuple[list[tuple[int, int]], str]],
                 reported: list[int]) -> None:
