@@ -112,6 +112,18 @@ def telemetry(messages: list[Received]) -> list[Received]:
     return [m for m in messages if m.topic == TELEMETRY]
 
 
+async def stall(broker: MosquittoBroker, agent: Agent, *, commits: int) -> None:
+    """A broker that stops answering (paused) while the agent commits ``commits`` more
+    times, then answers again: the connection stays up, the window fills."""
+    assert agent.writer is not None
+    await agent.writer.wait_for_commits(2)
+    broker.pause()
+    try:
+        await agent.writer.wait_for_commits(agent.writer.commits + commits)
+    finally:
+        broker.resume()
+
+
 async def test_a_slow_broker_gets_fewer_larger_messages(
         broker: MosquittoBroker, watcher: Callable[..., Watcher],
         make_config: Callable[..., AgentConfig]) -> None:
@@ -125,15 +137,10 @@ async def test_a_slow_broker_gets_fewer_larger_messages(
         config.uplink, max_message_bytes=4096, historical_after_s=0.5))
     seen = watcher(broker, TELEMETRY)
     async with Agent(config) as agent:
-        assert agent.writer is not None and agent.store is not None
-        await agent.writer.wait_for_commits(2)
-        broker.pause()
-        try:
-            # 40 group commits of 50 ms: the oldest waiting batch is 2 s old at the end.
-            await agent.writer.wait_for_commits(agent.writer.commits + 40)
-            backlog_end = agent.store.last_seq
-        finally:
-            broker.resume()
+        assert agent.store is not None
+        # 40 group commits of 50 ms: the oldest waiting batch is 2 s old at the end.
+        await stall(broker, agent, commits=40)
+        backlog_end = agent.store.last_seq
         messages = telemetry(await seen.wait_until_async(
             lambda ms: backlog_end + 3 <= max(
                 (b["seq"] for m in telemetry(ms) for b in batches_of(orjson.loads(m.payload))),
@@ -201,13 +208,8 @@ async def test_an_agent_works_within_the_brokers_connack_limits(
         config.uplink, port=limited.tls_port, max_inflight=16))
     seen = watcher(limited, "city/town/gw-e2e/#")
     async with Agent(config) as agent:
-        assert agent.writer is not None and agent.forwarder is not None
-        await agent.writer.wait_for_commits(2)
-        limited.pause()
-        try:
-            await agent.writer.wait_for_commits(agent.writer.commits + 10)
-        finally:
-            limited.resume()
+        assert agent.forwarder is not None
+        await stall(limited, agent, commits=10)
         messages = await seen.wait_until_async(
             lambda ms: len(telemetry(ms)) >= 40, what="40 telemetry messages")
         assert agent.forwarder.peak_inflight == 4 - 1
