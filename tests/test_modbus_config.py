@@ -165,3 +165,83 @@ def test_example_maps_validate(example: Path, tmp_path: Path) -> None:
         (tmp_path / "certs" / name).write_text("stub")
     config = parse_config(example.read_text(), source=example.name, base_dir=tmp_path)
     assert config.devices
+
+
+INVERTER = """\
+  - name: pv
+    driver: modbus_tcp
+    connection: {host: 192.0.2.40}
+    interval_s: 5
+    points:
+      - {name: w, table: holding, address: 0, type: int16, unit: W, scale_factor: w_sf}
+      - {name: w_sf, table: holding, address: 1, type: int16}
+"""
+
+
+def test_scale_factor_points_are_embedded_not_published(tmp_path: Path) -> None:
+    """A point named as scale_factor leaves the device's points and rides, unpublished,
+    inside each point that uses it, whatever their intervals."""
+    config = parse(INVERTER + """\
+      - {name: wh, table: holding, address: 2, type: uint32, interval_s: 60,
+         scale_factor: w_sf}
+""", tmp_path)
+    points = config.devices[0].points  # type: ignore[attr-defined]
+    assert [(p.name, p.interval_s) for p in points] == [("w", 5.0), ("wh", 60.0)]
+    factor = points[0].scale_factor
+    assert (factor.name, factor.address, factor.type, factor.published) \
+        == ("w_sf", 1, DataType.INT16, False)
+    assert points[1].scale_factor is factor
+
+
+def test_scale_factor_errors_name_path_and_line(tmp_path: Path) -> None:
+    """Every wrong scale_factor is reported at its key path and line: unknown, itself,
+    circular, chained, not a plain int16, on a type it cannot scale, and keys that do not
+    apply to a scale factor point."""
+    found = problems(INVERTER + """\
+      - {name: a, table: holding, address: 10, type: uint16, scale_factor: w_fs}
+      - {name: b, table: holding, address: 11, type: uint16, scale_factor: b}
+      - {name: c, table: holding, address: 12, type: int16, scale_factor: d}
+      - {name: d, table: holding, address: 13, type: int16, scale_factor: c}
+      - {name: e, table: holding, address: 14, type: int16, scale_factor: w}
+      - {name: f, table: holding, address: 15, type: int16, scale_factor: u_sf}
+      - {name: u_sf, table: holding, address: 16, type: uint16}
+      - {name: g, table: holding, address: 17, type: int16, scale_factor: x_sf}
+      - {name: x_sf, table: holding, address: 18, type: int16, scale: 10}
+      - {name: h, table: holding, address: 20, type: float32, scale_factor: w_sf}
+      - {name: i, table: holding, address: 22, type: uint16, enum: {0: off},
+         scale_factor: w_sf}
+      - {name: j, table: holding, address: 23, type: uint16, scale_factor: j_sf}
+      - {name: j_sf, table: holding, address: 24, type: int16, interval_s: 60, unit: W}
+""", tmp_path)
+    prefix = "devices[0] (pv).points"
+    assert found == [
+        f"{prefix}[11].scale_factor (line 21): 'scale_factor' needs an integer type "
+        "(SunSpec int16, uint16, int32, uint32, acc), not float32",
+        f"{prefix}[12].scale_factor (line 23): 'scale_factor' does not apply to enum/bits "
+        "points",
+        f"{prefix}[2].scale_factor (line 12): no point 'w_fs' on this device (did you mean "
+        "'w_sf'?)",
+        f"{prefix}[3].scale_factor (line 13): a point cannot be its own scale factor",
+        f"{prefix}[4].scale_factor (line 14): circular reference: 'd' takes its scale factor "
+        "from 'c'",
+        f"{prefix}[5].scale_factor (line 15): circular reference: 'c' takes its scale factor "
+        "from 'd'",
+        f"{prefix}[6].scale_factor (line 16): 'w' (points[0], line 10) has a scale_factor of "
+        "its own: scale factors do not chain",
+        f"{prefix}[7].scale_factor (line 17): scale factor point 'u_sf' (points[8], line 18) "
+        "is uint16: a scale factor must be a plain int16 (SunSpec sunssf)",
+        f"{prefix}[9].scale_factor (line 19): scale factor point 'x_sf' (points[10], line 20) "
+        "has scale: a scale factor must be a plain int16 (SunSpec sunssf)",
+        f"{prefix}[14].interval_s (line 25): 'interval_s' does not apply to a scale factor "
+        "point: it is read in the same poll as each point that uses it",
+        f"{prefix}[14].unit (line 25): 'unit' does not apply to a scale factor point: it is "
+        "not published",
+    ]
+
+
+def test_scale_factor_of_an_invalid_entry_is_not_called_unknown(tmp_path: Path) -> None:
+    """A scale_factor naming an entry that has problems of its own reports those only."""
+    found = problems(INVERTER.replace("address: 1, type: int16}", "address: -1, type: int16}"),
+                     tmp_path)
+    assert found == ["devices[0] (pv).points[1].address (line 11): -1 is below the minimum "
+                     "of 0"]

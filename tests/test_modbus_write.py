@@ -21,7 +21,7 @@ from edge_agent.drivers.modbus.config import (
     Table,
     WriteFunction,
 )
-from edge_agent.drivers.modbus.driver import InvalidWrite, ModbusDriver
+from edge_agent.drivers.modbus.driver import InvalidWrite, ModbusDriver, WriteNotVerified
 
 T = DataType
 BO = ByteOrder
@@ -131,6 +131,26 @@ async def test_invalid_writes_are_refused_before_io(bus: SimulatedBus, driver: M
     with pytest.raises(InvalidWrite, match=match):
         await driver.write(name, value)
     assert bus.functions == []
+
+
+@pytest.mark.parametrize(("name", "value", "address", "table", "expected"), [
+    ("u16", 54321, 0, Table.HOLDING, "wrote [54321] to u16 (holding 0) but read back [7]"),
+    ("f32_cdab", -12.25, 2, Table.HOLDING,
+     "wrote [0, 49476] to f32_cdab (holding 1) but read back [0, 7]"),
+    ("bit5", True, 18, Table.HOLDING, "wrote [39] to bit5 (holding 18) but read back [7]"),
+    ("relay", True, 4, Table.COIL, "wrote True to coil 4 (relay) but read back False"),
+], ids=["function-6", "function-16", "bit-in-register", "coil"])
+async def test_write_not_verified_names_point_and_read_back(
+        bus: SimulatedBus, driver: ModbusDriver, name: str, value: object, address: int,
+        table: Table, expected: str) -> None:
+    """A device that acknowledges a write but keeps the old contents fails verification;
+    the error names the point, what was written and what was read back."""
+    bus.set_registers(1, 0, [7] * 19)
+    bus.ignore_writes(1, address, table=table)
+    await driver.write(name, value)  # acknowledged: without verify nothing is noticed
+    with pytest.raises(WriteNotVerified) as info:
+        await driver.write(name, value, verify=True)
+    assert str(info.value).endswith(expected)
 
 
 async def test_device_refusal_is_device_rejected_with_code(bus: SimulatedBus,

@@ -16,6 +16,10 @@ the per-reading cost is the value object itself:
    overflows to infinity is ``None``); bits inside registers, strings, enumerations and
    bitfields are converted only for the points that are such.
 
+Points with a SunSpec ``scale_factor`` come out raw: their exponent may be in another
+block of the same poll, so :func:`apply_scale_factors` scales them once the poll's blocks
+are decoded (raw x 10^sf, then scale and offset).
+
 Blocks of plain ``uint16`` points skip the struct round trip; contiguous ones skip the
 gather too.
 
@@ -37,7 +41,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from operator import itemgetter
 from typing import Any
 
@@ -49,7 +53,9 @@ from edge_agent.drivers.modbus.config import (
     ModbusPoint,
 )
 
-__all__ = ["BlockDecoder", "compile_block", "decode_string", "encode_value", "set_bit"]
+__all__ = ["NOT_IMPLEMENTED", "SCALE_FACTOR_LIMIT", "BlockDecoder", "ScaledPoint",
+           "apply_scale_factors", "compile_block", "decode_string", "encode_value",
+           "scaled_point", "set_bit"]
 
 BlockDecoder = Callable[[Sequence[Any]], list[Any]]
 """Turns the registers (or bits) of one block into the values of its points, in point
@@ -86,7 +92,60 @@ def _gatherer(indexes: Sequence[int]) -> Callable[[Sequence[Any]], tuple[Any, ..
 
 def _scaling(points: Sequence[ModbusPoint]) -> tuple[tuple[int, float, float], ...]:
     return tuple((i, p.scale, p.offset) for i, p in enumerate(points)
-                 if p.scale != 1.0 or p.offset != 0.0)
+                 if p.scale_factor is None and (p.scale != 1.0 or p.offset != 0.0))
+
+
+# -- SunSpec scale factors ----------------------------------------------------------------
+
+NOT_IMPLEMENTED = {
+    DataType.INT16: -0x8000,
+    DataType.UINT16: 0xFFFF,
+    DataType.INT32: -0x8000_0000,
+    DataType.UINT32: 0xFFFF_FFFF,
+    DataType.INT64: -0x8000_0000_0000_0000,
+    DataType.UINT64: 0xFFFF_FFFF_FFFF_FFFF,
+}
+"""SunSpec's "not implemented" value of each integer type (``sunssf`` too: -32768). The
+accumulators (``acc16``/``acc32``/``acc64``) mark it with 0, which cannot be told from a
+counter at zero: it reads as 0."""
+SCALE_FACTOR_LIMIT = 10
+"""SunSpec scale factors range over -10..10; any other exponent is invalid."""
+_POWERS = tuple(10.0 ** e for e in range(SCALE_FACTOR_LIMIT + 1))
+
+ScaledPoint = tuple[int, str, float, float, int]
+"""A point scaled by a scale factor: its index in the block's values, the name of its
+scale factor point, its scale and offset, and its type's "not implemented" value."""
+
+
+def scaled_point(index: int, point: ModbusPoint) -> ScaledPoint:
+    """The :data:`ScaledPoint` of ``point`` (which has a ``scale_factor``) at ``index``."""
+    if point.scale_factor is None or point.type not in NOT_IMPLEMENTED:
+        raise ValueError(f"{point.name}: only integer points with a scale factor are scaled")
+    return (index, point.scale_factor.name, point.scale, point.offset,
+            NOT_IMPLEMENTED[point.type])
+
+
+def apply_scale_factors(values: list[Any], scaled: Iterable[ScaledPoint],
+                        factors: Mapping[str, Any]) -> None:
+    """Scale the raw integers ``values[index]`` in place: raw x 10^sf x scale + offset, sf
+    being ``factors[name]`` (the exponents read in the same poll).
+
+    The value is ``None`` when it is SunSpec's "not implemented" value of its type, or when
+    its scale factor is missing (not read), "not implemented" (-32768) or outside
+    -10..10. Negative exponents divide by the exact power of ten, so 1234 x 10^-2 is 12.34.
+    """
+    for i, name, scale, offset, absent in scaled:
+        raw = values[i]
+        sf = factors.get(name)
+        if raw == absent or sf is None or not -SCALE_FACTOR_LIMIT <= sf <= SCALE_FACTOR_LIMIT:
+            values[i] = None
+            continue
+        value = raw / _POWERS[-sf] if sf < 0 else raw * _POWERS[sf]
+        if scale != 1.0 or offset != 0.0:
+            value = value * scale + offset
+            if not _isfinite(value):
+                value = None
+        values[i] = value
 
 
 def decode_string(data: bytes) -> str:
@@ -281,9 +340,13 @@ def encode_value(point: ModbusPoint, value: Any) -> list[int]:
     The inverse of decoding: scale and offset are undone first, integers are rounded to
     the nearest value; enum points take a name (or a number), bitfields a comma-joined
     string or a list of names, strings are UTF-8 padded with NULs. A bit inside a register
-    has no registers of its own: use :func:`set_bit` on the register read back. Raises
-    ``ValueError`` when the value does not fit the point.
+    has no registers of its own: use :func:`set_bit` on the register read back. A point
+    with a ``scale_factor`` needs the exponent read from the device first: pass it with
+    ``scale`` multiplied by 10^sf and no ``scale_factor``. Raises ``ValueError`` when the
+    value does not fit the point.
     """
+    if point.scale_factor is not None:
+        raise ValueError(f"{point.name}: the scale factor must be read before encoding")
     if point.type is DataType.BOOL:
         if point.table not in BIT_TABLES:
             raise ValueError(f"{point.name}: a bit inside a register is written with set_bit")

@@ -14,8 +14,9 @@ checked by :func:`check_devices` once every device is parsed.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
@@ -211,6 +212,13 @@ class ModbusPoint(PointBase):
     merge_group: str | None = None
     """``None``: merged freely with the device's other points; otherwise only with points
     of the same group (``merge: false`` on a point entry)."""
+    scale_factor: ModbusPoint | None = None
+    """The plain ``int16`` point holding this point's power-of-ten exponent (a SunSpec
+    ``sunssf``): the reading is raw x 10^sf x scale + offset. The planner reads it in every
+    poll that reads this point."""
+    published: bool = True
+    """``False`` for a point named as another point's ``scale_factor``: it is read with the
+    points that use it and never published on its own."""
 
     @property
     def width(self) -> int:
@@ -227,7 +235,7 @@ class ModbusPoint(PointBase):
 
 _POINT_REQUIRED = {"name", "table", "address", "type"}
 _POINT_OPTIONAL = {"order", "scale", "offset", "interval_s", "unit", "repeat", "bit", "count",
-                   "enum", "bits", "merge"}
+                   "enum", "bits", "merge", "scale_factor"}
 _COMMON_CONNECTION = {"unit_id", "timeout_s", "max_gap", "write_function"}
 
 Parsed = tuple[Any, tuple[ModbusPoint, ...]]
@@ -330,24 +338,125 @@ def _choice(keys: dict[str, Cursor], key: str, choices: tuple[int, ...], default
 
 def _parse_points(cur: Cursor, *, default_interval_s: float) -> tuple[ModbusPoint, ...] | None:
     out: list[ModbusPoint] = []
-    seen: dict[str, str] = {}
+    seen: dict[str, Cursor] = {}
+    entries: list[_Entry] = []
+    failed: list[str] = []
     ok = True
     for _, item in cur.items():
-        points = _parse_point(item, default_interval_s=default_interval_s)
-        if points is None:
+        parsed = _parse_point(item, default_interval_s=default_interval_s)
+        if parsed is None:
             ok = False
+            failed.append(_declared_name(item))
             continue
+        points, keys, scale_factor = parsed
+        entries.append(_Entry(item, keys, tuple(p.name for p in points), scale_factor))
         for point in points:
             if point.name in seen:
-                item.error(f"point name {point.name!r} is already used by {seen[point.name]}")
+                item.error(f"point name {point.name!r} is already used by "
+                           f"{seen[point.name].path}")
                 ok = False
                 continue
-            seen[point.name] = item.path
+            seen[point.name] = item
             out.append(point)
     if ok and not out and cur.node is not None:
         cur.error("no points configured: add at least one point")
         ok = False
+    if any(e.scale_factor is not None for e in entries):
+        linked = _link_scale_factors(out, entries, failed=failed)
+        ok = ok and linked is not None
+        out = linked or out
     return tuple(out) if ok else None
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """One point entry as parsed: where it is and the names of the points it made."""
+
+    item: Cursor
+    keys: dict[str, Cursor]
+    names: tuple[str, ...]
+    scale_factor: str | None
+
+    @property
+    def where(self) -> str:
+        """``points[4], line 30``: the entry, short."""
+        return f"{self.item.path.rsplit('.', 1)[-1]}, line {self.item.line}"
+
+
+def _declared_name(item: Cursor) -> str:
+    """The ``name`` written in a point entry that failed validation ("" if none)."""
+    if isinstance(item.node, yaml.MappingNode):
+        for key, value in item.node.value:
+            if key.value == "name" and isinstance(value, yaml.ScalarNode):
+                return str(value.value)
+    return ""
+
+
+def _link_scale_factors(points: list[ModbusPoint], entries: list[_Entry], *,
+                        failed: Sequence[str]) -> list[ModbusPoint] | None:
+    """Resolve ``scale_factor`` names. A point used as a scale factor leaves the list of
+    published points and is embedded (``published=False``) in each point that uses it, so
+    the planner reads it in the same poll as them. ``failed``: names of the entries that
+    did not validate (a reference to one is not reported as unknown)."""
+    by_name = {p.name: p for p in points}
+    entry_of = {name: e for e in entries for name in e.names}
+    ok = True
+    factors: dict[str, _Entry] = {}
+    for entry in entries:
+        name = entry.scale_factor
+        if name is None:
+            continue
+        cur = entry.keys["scale_factor"]
+        target = by_name.get(name)
+        if name in entry.names:
+            cur.error("a point cannot be its own scale factor")
+        elif target is None:
+            if not any(name == f or name.startswith(f"{f}_") for f in failed if f):
+                hint = difflib.get_close_matches(name, sorted(by_name), n=1, cutoff=0.7)
+                cur.error(f"no point {name!r} on this device"
+                          + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+        elif (chained := entry_of[name].scale_factor) is not None:
+            cur.error(f"circular reference: {name!r} takes its scale factor from "
+                      f"{chained!r}" if chained in entry.names else
+                      f"{name!r} ({entry_of[name].where}) has a scale_factor of its own: "
+                      "scale factors do not chain")
+        elif (why := _not_plain_int16(target)) is not None:
+            cur.error(f"scale factor point {name!r} ({entry_of[name].where}) {why}: a scale "
+                      "factor must be a plain int16 (SunSpec sunssf)")
+        else:
+            factors[name] = entry_of[name]
+            continue
+        ok = False
+    for entry in {id(e): e for e in factors.values()}.values():
+        if not all(n in factors for n in entry.names):
+            continue  # a repeat entry partly published: its keys apply to those points
+        # Read in the poll of each point that uses it and never published: these would
+        # promise what does not happen.
+        if "interval_s" in entry.keys:
+            entry.keys["interval_s"].error(
+                "'interval_s' does not apply to a scale factor point: it is read in the same "
+                "poll as each point that uses it")
+            ok = False
+        if "unit" in entry.keys:
+            entry.keys["unit"].error("'unit' does not apply to a scale factor point: it is "
+                                     "not published")
+            ok = False
+    if not ok:
+        return None
+    hidden = {name: replace(by_name[name], published=False) for name in factors}
+    scale_factor_of = {name: e.scale_factor for e in entries for name in e.names}
+    return [replace(p, scale_factor=hidden[sf]) if (sf := scale_factor_of[p.name]) else p
+            for p in points if p.name not in hidden]
+
+
+def _not_plain_int16(point: ModbusPoint) -> str | None:
+    if point.type is not DataType.INT16:
+        return f"is {point.type.value}"
+    extras = [key for key, present in (("scale", point.scale != 1.0),
+                                       ("offset", point.offset != 0.0),
+                                       ("enum", point.enum is not None),
+                                       ("bits", point.bits is not None)) if present]
+    return f"has {' and '.join(extras)}" if extras else None
 
 
 def _int_mapping(cur: Cursor, *, minimum: int, maximum: int) -> Any:
@@ -378,7 +487,10 @@ def _int_mapping(cur: Cursor, *, minimum: int, maximum: int) -> Any:
     return tuple(sorted(out.items())) if ok else MISSING
 
 
-def _parse_point(cur: Cursor, *, default_interval_s: float) -> list[ModbusPoint] | None:
+def _parse_point(cur: Cursor, *, default_interval_s: float
+                 ) -> tuple[list[ModbusPoint], dict[str, Cursor], str | None] | None:
+    """The points of one entry (several with ``repeat``), its keys and the name of its
+    ``scale_factor`` point (resolved once the device's every point is known)."""
     keys = cur.mapping(required=_POINT_REQUIRED, optional=_POINT_OPTIONAL)
     if keys is None:
         return None
@@ -403,8 +515,9 @@ def _parse_point(cur: Cursor, *, default_interval_s: float) -> list[ModbusPoint]
         if "enum" in keys else None
     bits = _int_mapping(keys["bits"], minimum=0, maximum=63) if "bits" in keys else None
     merge = keys["merge"].bool() if "merge" in keys else True
+    scale_factor = keys["scale_factor"].str() if "scale_factor" in keys else None
     values: list[Any] = [name, table, address, data_type, order, scale, offset, interval_s,
-                         unit, repeat, bit, count, enum, bits, merge]
+                         unit, repeat, bit, count, enum, bits, merge, scale_factor]
     if MISSING in values:
         return None
     if not _check_type_keys(keys, table, data_type):
@@ -425,7 +538,7 @@ def _parse_point(cur: Cursor, *, default_interval_s: float) -> list[ModbusPoint]
                         order=order, scale=scale, offset=offset, interval_s=interval_s,
                         unit=unit, bit=bit, count=count or 1, enum=enum, bits=bits,
                         merge_group=None if merge else name)
-            for i, n in enumerate(names)]
+            for i, n in enumerate(names)], keys, scale_factor
 
 
 def _check_type_keys(keys: dict[str, Cursor], table: Table, data_type: DataType) -> bool:
@@ -466,6 +579,8 @@ def _check_type_keys(keys: dict[str, Cursor], table: Table, data_type: DataType)
     else:
         refuse("count", "'count' applies only to type string; use 'repeat' for several values")
     if data_type not in INTEGER_TYPES:
+        refuse("scale_factor", f"'scale_factor' needs an integer type (SunSpec int16, "
+               f"uint16, int32, uint32, acc), not {data_type.value}")
         if data_type in _NUMBER_TYPES:
             refuse("enum", f"'enum' needs an integer type, not {data_type.value}")
             refuse("bits", f"'bits' needs an integer type, not {data_type.value}")
@@ -473,7 +588,7 @@ def _check_type_keys(keys: dict[str, Cursor], table: Table, data_type: DataType)
         if "enum" in keys and "bits" in keys:
             keys["bits"].error("a point maps either 'enum' or 'bits', not both")
             ok = False
-        for key in ("scale", "offset"):
+        for key in ("scale", "offset", "scale_factor"):
             if key in keys and ("enum" in keys or "bits" in keys):
                 keys[key].error(f"'{key}' does not apply to enum/bits points")
                 ok = False

@@ -10,7 +10,8 @@ response comes back as a response with ``isError()`` and marks only its block ba
 transport problems raise and are turned into :class:`DeviceUnavailable` (or
 :class:`DeviceTimeout`). An "illegal data address" answer to a merged block splits the
 block in halves, retried at once, down to the offending points; the split is kept in the
-plan for the following polls.
+plan for the following polls. SunSpec scale factors are applied once every block of a poll
+is read, since a value and its exponent may sit in different blocks.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import logging
 import struct
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import replace
+from typing import Any, cast
 
 from pymodbus.pdu import ModbusPDU
 
@@ -32,7 +34,14 @@ from edge_agent.drivers.base import (
     Sample,
 )
 from edge_agent.drivers.modbus.bus import Bus, BusSpec, BusStats, Client, bus_for, rtu_frame_bytes
-from edge_agent.drivers.modbus.codec import encode_value, set_bit
+from edge_agent.drivers.modbus.codec import (
+    NOT_IMPLEMENTED,
+    SCALE_FACTOR_LIMIT,
+    apply_scale_factors,
+    compile_block,
+    encode_value,
+    set_bit,
+)
 from edge_agent.drivers.modbus.config import (
     BIT_TABLES,
     MAX_REGISTERS_PER_WRITE,
@@ -76,8 +85,9 @@ _READERS = {
 
 
 class InvalidWrite(DeviceError):
-    """A write that was refused before any I/O: unknown point, read-only table, or a value
-    that does not fit the point."""
+    """A write that was refused before anything was written: unknown point, read-only
+    table, a value that does not fit the point, or a scale factor that does not read as
+    one (only that read is sent)."""
 
 
 class WriteNotVerified(DeviceError):
@@ -207,6 +217,8 @@ class ModbusDriver:
                 continue
             samples.append(self._sample(block, response))
             i += 1
+        if plan.scale_factors:
+            return _scale(blocks, samples)
         return samples
 
     async def _split(self, bus: Bus, block: ReadBlock, samples: list[Sample]
@@ -250,6 +262,11 @@ class ModbusDriver:
         if point.table in (Table.INPUT, Table.DISCRETE):
             raise InvalidWrite(f"{self._name}.{point_name}: {point.table.value} points are "
                                "read-only")
+        if point.scale_factor is not None:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise InvalidWrite(f"{self._name}.{point_name}: expected a number, "
+                                   f"got {value!r}")
+            point = await self._resolve_scale_factor(point)
         words: list[int] = []
         if not point.in_register:
             try:
@@ -296,6 +313,23 @@ class ModbusDriver:
                 raise WriteNotVerified(f"{self._where}: wrote {words} to {point_name} "
                                        f"(holding {point.address}) but read back {got}")
 
+    async def _resolve_scale_factor(self, point: ModbusPoint) -> ModbusPoint:
+        """``point`` with its scale factor read from the device and folded into ``scale``."""
+        factor = point.scale_factor
+        assert factor is not None
+        bus = self._bus
+        if bus is None:
+            raise DeviceUnavailable(f"{self._where}: not connected")
+        registers = await self._read_registers(bus, factor)
+        exponent = compile_block([factor], factor.address)(registers)[0]
+        if exponent == NOT_IMPLEMENTED[factor.type] \
+                or not -SCALE_FACTOR_LIMIT <= exponent <= SCALE_FACTOR_LIMIT:
+            raise InvalidWrite(f"{self._where}: {point.name}: its scale factor "
+                               f"{factor.name} reads {exponent} (not implemented or outside "
+                               f"-{SCALE_FACTOR_LIMIT}..{SCALE_FACTOR_LIMIT}); nothing "
+                               "written")
+        return replace(point, scale=point.scale * 10.0 ** exponent, scale_factor=None)
+
     def _check(self, response: ModbusPDU, what: str) -> None:
         if response.isError():
             code = getattr(response, "exception_code", 0)
@@ -303,8 +337,9 @@ class ModbusDriver:
 
     async def _read_registers(self, bus: Bus, point: ModbusPoint) -> list[int]:
         what = f"read back {point.name}"
-        response = await self._execute(bus, "read_holding_registers", point.address, what,
-                                       rtu_frame_bytes(3, point.width), count=point.width)
+        response = await self._execute(bus, _READERS[point.table], point.address, what,
+                                       rtu_frame_bytes(_FUNCTION[point.table], point.width),
+                                       count=point.width)
         self._check(response, what)
         registers = list(response.registers)
         if len(registers) != point.width:
@@ -324,3 +359,24 @@ class ModbusDriver:
             raise WriteNotVerified(f"{self._where}: wrote {on} to coil {point.address} "
                                    f"({point.name}) but read back "
                                    f"{response.bits[0] if response.bits else 'nothing'}")
+
+
+def _scale(blocks: Sequence[ReadBlock], samples: list[Sample]) -> list[Sample]:
+    """Apply the scale factors read in this poll (``samples[i]`` is ``blocks[i]``'s) and
+    drop the scale factor values, which are not published. A scale factor whose block
+    failed leaves the values that need it ``None``."""
+    factors: dict[str, Any] = {}
+    for block, sample in zip(blocks, samples, strict=True):
+        if block.factors and sample.quality is _GOOD:
+            values = sample.values
+            for i, name in block.factors:
+                factors[name] = values[i]
+    out: list[Sample] = []
+    for block, sample in zip(blocks, samples, strict=True):
+        if sample.quality is _GOOD and (block.scaled or block.factors):
+            values = cast(list[Any], sample.values)  # the decoder's own list
+            apply_scale_factors(values, block.scaled, factors)
+            del values[len(block.names):]
+        if block.names:  # a block of scale factors alone has nothing to publish
+            out.append(sample)
+    return out

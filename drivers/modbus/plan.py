@@ -7,6 +7,11 @@ between the block's end and the point stay within ``max_gap``. Overlapping point
 registers. For fixed limits this greedy sweep gives the fewest blocks, and the result does
 not depend on the order of the configuration.
 
+A point with a SunSpec ``scale_factor`` brings its scale factor point into every plan
+that reads it (SunSpec wants the value and its exponent read together), merged like any
+other point; such a scale factor point is decoded but not published. Its values come last
+in the block, after those of the published points, so dropping them is one slice.
+
 A plan is mutable on purpose: when a device rejects a merged block with "illegal data
 address", the driver replaces the block by the halves :func:`split_block` gives, and the
 following polls read the halves (the split is remembered for as long as the plan lives).
@@ -17,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from edge_agent.drivers.modbus.codec import BlockDecoder, compile_block
+from edge_agent.drivers.modbus.codec import BlockDecoder, ScaledPoint, compile_block, scaled_point
 from edge_agent.drivers.modbus.config import (
     BIT_TABLES,
     MAX_BITS_PER_READ,
@@ -41,8 +46,14 @@ class ReadBlock:
     count: int
     decode: BlockDecoder
     names: tuple[str, ...]
-    """Point names in value order; shared by every sample of this block."""
+    """Names of the published points, in value order; shared by every sample of this
+    block. The decoder's values of the unpublished points follow theirs."""
     points: tuple[ModbusPoint, ...]
+    """Every point read, in value order: the published ones, then the others."""
+    scaled: tuple[ScaledPoint, ...] = ()
+    """Points whose raw value waits for a scale factor of the same poll."""
+    factors: tuple[tuple[int, str], ...] = ()
+    """(value index, name) of the scale factor points of this block."""
 
 
 @dataclass(slots=True)
@@ -50,6 +61,8 @@ class ReadPlan:
     """The blocks of one poll, in table and address order (updated in place by splits)."""
 
     blocks: list[ReadBlock]
+    scale_factors: bool = False
+    """Some values need a scale factor: the driver applies them once all blocks are read."""
 
     @property
     def point_count(self) -> int:
@@ -65,14 +78,19 @@ def plan_reads(points: Iterable[ModbusPoint], *, max_gap: int = 0) -> ReadPlan:
     (unused registers or bits a read may span to save a request)."""
     if max_gap < 0:
         raise ValueError(f"max_gap must be >= 0, not {max_gap}")
+    wanted = list(points)
+    factors = {p.scale_factor.name: p.scale_factor for p in wanted
+               if p.scale_factor is not None}
+    named = {p.name for p in wanted}
+    wanted.extend(f for name, f in factors.items() if name not in named)
     groups: dict[tuple[Table, str | None], list[ModbusPoint]] = {}
-    for point in points:
+    for point in wanted:
         groups.setdefault((point.table, point.merge_group), []).append(point)
     blocks: list[ReadBlock] = []
     for group in groups.values():
         blocks.extend(_sweep(sorted(group, key=_sort_key), max_gap))
     blocks.sort(key=lambda b: (_TABLE_ORDER[b.table], b.start, b.count, b.names))
-    return ReadPlan(blocks)
+    return ReadPlan(blocks, scale_factors=bool(factors))
 
 
 def _sweep(ordered: list[ModbusPoint], max_gap: int) -> list[ReadBlock]:
@@ -97,11 +115,17 @@ def _sweep(ordered: list[ModbusPoint], max_gap: int) -> list[ReadBlock]:
 
 def make_block(points: Sequence[ModbusPoint]) -> ReadBlock:
     """The block that reads exactly the span of ``points`` (all of one table)."""
-    start = min(p.address for p in points)
-    end = max(p.address + p.width for p in points)
-    return ReadBlock(table=points[0].table, start=start, count=end - start,
-                     decode=compile_block(points, start),
-                     names=tuple(p.name for p in points), points=tuple(points))
+    ordered = [p for p in points if p.published] + [p for p in points if not p.published]
+    start = min(p.address for p in ordered)
+    end = max(p.address + p.width for p in ordered)
+    return ReadBlock(table=ordered[0].table, start=start, count=end - start,
+                     decode=compile_block(ordered, start),
+                     names=tuple(p.name for p in ordered if p.published),
+                     points=tuple(ordered),
+                     scaled=tuple(scaled_point(i, p) for i, p in enumerate(ordered)
+                                  if p.scale_factor is not None),
+                     factors=tuple((i, p.name) for i, p in enumerate(ordered)
+                                   if not p.published))
 
 
 def split_block(block: ReadBlock) -> tuple[ReadBlock, ReadBlock] | None:

@@ -71,7 +71,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from types import TracebackType
-from typing import Self
+from typing import Self, cast
 
 from pymodbus.constants import ExcCodes
 from pymodbus.framer import FramerType
@@ -342,6 +342,7 @@ class Corruption(StrEnum):
 
 
 _SOCAT = "socat"
+_WRITE_TABLE = {5: Table.COIL, 15: Table.COIL, 6: Table.HOLDING, 16: Table.HOLDING}
 
 
 class SimulatedBus:
@@ -380,6 +381,8 @@ class SimulatedBus:
         self._memory: dict[int, _Memory] = {}
         self._muted: set[int] = set()
         self._exceptions: dict[int, int] = {}
+        self._ignored: set[tuple[int, Table | None, int]] = set()
+        """(unit, table, address) whose writes are acknowledged but not kept."""
         self._corrupt: list[tuple[int, Corruption]] = []
         self._random = random.Random(seed)
         self.requests: dict[int, int] = dict.fromkeys(self.units, 0)
@@ -470,7 +473,21 @@ class SimulatedBus:
                          registers: list[int], values: list[int] | list[bool] | None
                          ) -> ExcCodes | None:
             code = self._exceptions.get(unit)
-            return ExcCodes(code) if code is not None else None
+            if code is not None:
+                return ExcCodes(code)
+            if values and self._ignored:
+                # pymodbus stores ``values`` once this returns: keep the old contents.
+                table = _WRITE_TABLE.get(func_code)
+                stored = cast(list[int | bool], values)
+                for i in range(len(stored)):
+                    at = address + i
+                    if (unit, table, at) not in self._ignored:
+                        continue
+                    if table is Table.COIL:
+                        stored[i] = bool(registers[(at >> 4) - start_address] >> (at & 15) & 1)
+                    else:
+                        stored[i] = registers[at - start_address]
+            return None
 
         return SimDevice(
             id=unit,
@@ -523,6 +540,14 @@ class SimulatedBus:
             self._exceptions.pop(unit, None)
         else:
             self._exceptions[unit] = code
+
+    def ignore_writes(self, unit: int, address: int, count: int = 1, *,
+                      table: Table = Table.HOLDING) -> None:
+        """Holding registers (or coils) ``address..`` of ``unit`` acknowledge writes but
+        keep their value, like a read-only register that does not say so."""
+        if table not in (Table.HOLDING, Table.COIL):
+            raise ValueError(f"{table.value} cannot be written")
+        self._ignored.update((unit, table, a) for a in range(address, address + count))
 
     def corrupt(self, unit: int, how: Corruption, *, times: int = 1) -> None:
         """Corrupt the next ``times`` responses of ``unit`` on the line."""
