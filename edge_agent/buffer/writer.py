@@ -86,11 +86,15 @@ class BufferWriter:
                             self._builder.add(await self._queue.get())
                 except TimeoutError:
                     pass
+                bodies, tag = self._builder.take(), self._clock_tag()
+                # One commit at a time, in order; the next window is encoded while this one
+                # commits, so a slow card does not leave samples queued as Python objects
+                # (they are several times larger than their encoded bytes) or stall polling.
+                if committing is not None:
+                    await asyncio.shield(committing)
                 # Shielded: once handed to the store, a batch is committed even if the
                 # writer is cancelled meanwhile (and the cancellation waits for it below).
-                committing = asyncio.ensure_future(self._commit(self._builder.take(),
-                                                                self._clock_tag()))
-                await asyncio.shield(committing)
+                committing = asyncio.ensure_future(self._commit(bodies, tag))
         except asyncio.CancelledError:
             if committing is not None and not committing.done():
                 await committing
