@@ -255,9 +255,10 @@ class Forwarder:
         groups (half a window, or every ``_DELETE_EVERY_S``) so the card is not written once
         per message.
 
-        When more than one stored batch is waiting, a message takes as many consecutive ones
-        as fit in ``max_message_bytes``: a slow broker gets fewer, larger messages, not more
-        of them, and the window's memory stays bounded whatever the backlog.
+        When more batches wait than the window has room for, the last free slot takes as
+        many consecutive ones as fit in ``max_message_bytes``: a slow broker gets fewer,
+        larger messages, not more of them, and the window's memory stays bounded whatever
+        the backlog.
         """
         loop = asyncio.get_running_loop()
         limits = conn.limits
@@ -280,10 +281,14 @@ class Forwarder:
         last_flush = time.monotonic()
 
         def next_messages(count: int) -> list[list[StoredBatch]]:
+            # A batch per message while the window has room; the last free slot takes
+            # whatever else waits (up to the size). A broker that keeps up gets small
+            # messages and the agent holds little in flight; one that falls behind (the
+            # window stays full) gets nothing but large ones.
             out: list[list[StoredBatch]] = []
             while len(out) < count:
-                group = drain.next(self._store, batches=per_message, max_bytes=budget,
-                                   pending=self._pending)
+                group = drain.next(self._store, max_bytes=budget, pending=self._pending,
+                                   batches=per_message if len(out) == count - 1 else 1)
                 if not group:
                     break
                 out.append(group)
