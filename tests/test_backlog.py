@@ -245,3 +245,24 @@ async def test_a_batch_larger_than_the_brokers_packet_limit_is_ledgered_not_retr
     assert all("packet too large" in e["detail"] for e in entries)
     statuses = [orjson.loads(m.payload)["state"] for m in messages if m.topic == STATUS]
     assert statuses == ["online"]
+
+
+async def test_coalesce_false_keeps_one_batch_per_message(
+        broker: MosquittoBroker, watcher: Callable[..., Watcher],
+        make_config: Callable[..., AgentConfig]) -> None:
+    """uplink.coalesce: false (a platform that does not read the batches form yet): even
+    after a stall every message carries one batch, in the plain form, and all arrive."""
+    config = make_config()
+    config = dataclasses.replace(config, uplink=dataclasses.replace(config.uplink,
+                                                                    coalesce=False))
+    seen = watcher(broker, TELEMETRY)
+    async with Agent(config) as agent:
+        assert agent.store is not None
+        await stall(broker, agent, commits=20)
+        target = agent.store.last_seq
+        messages = await seen.wait_until_async(
+            lambda ms: target <= max((orjson.loads(m.payload)["seq"] for m in ms), default=0),
+            what=f"seq {target}")
+    docs = [orjson.loads(m.payload) for m in messages]
+    assert not any("batches" in d for d in docs)
+    assert [d["seq"] for d in docs] == list(range(1, len(docs) + 1))
