@@ -43,6 +43,7 @@ __all__ = [
     "LossReason",
     "StoreError",
     "StoredBatch",
+    "seal",
 ]
 
 log = logging.getLogger(__name__)
@@ -287,21 +288,22 @@ class BufferStore:
     # the data path ---------------------------------------------------------------------
 
     def append(self, batches: Sequence[tuple[int, bytes, Kind]], *, created: float,
-               clock_offset: float | None = None) -> list[int]:
+               clock_offset: float | None = None, sealed: bool = False) -> list[int]:
         """Store ``(readings, body, kind)`` batches in one transaction and return their
         sequence numbers. Once this returns, the readings are accepted (or, under
         ``drop_newest`` with the buffer full, refused and recorded in the ledger).
 
         ``clock_offset`` (wall minus monotonic when the readings were stamped) marks
         timestamps taken with an untrusted clock: such batches are held back until
-        :meth:`correct_clock` or :meth:`flag_held`."""
+        :meth:`correct_clock` or :meth:`flag_held`. ``sealed``: the bodies went through
+        :func:`seal` already."""
         first = self.last_seq + 1
         seqs = list(range(first, first + len(batches)))
         if not batches:
             return seqs
         self._reserve(seqs[-1])
         boot = BOOT_ID if clock_offset is not None else None
-        rows = [(seq, created, readings, zlib.compress(body, _COMPRESS_LEVEL), int(kind),
+        rows = [(seq, created, readings, body if sealed else seal(body), int(kind),
                  clock_offset, boot)
                 for seq, (readings, body, kind) in zip(seqs, batches, strict=True)]
         room, short = self._limits()
@@ -390,7 +392,7 @@ class BufferStore:
                 log.error("cannot correct timestamps of seq %d (%s): sent flagged", seq, exc)
                 fixed.append((body, 1, seq))
                 continue
-            fixed.append((zlib.compress(members, _COMPRESS_LEVEL), 0, seq))
+            fixed.append((seal(members), 0, seq))
         with self._transaction():
             self._db.executemany("UPDATE batch SET body = ?, clock_flag = ?, clock_offset = "
                                  "NULL WHERE seq = ?", fixed)
@@ -557,7 +559,7 @@ class BufferStore:
         updates, removed = [], []
         for (seq, readings, body), (new_body, kept) in zip(rows, thinned, strict=True):
             if new_body and kept < readings:
-                updates.append((zlib.compress(new_body, _COMPRESS_LEVEL), kept, seq))
+                updates.append((seal(new_body), kept, seq))
                 removed.append((seq, readings - kept))
             else:
                 updates.append((body, readings, seq))
@@ -576,6 +578,11 @@ class BufferStore:
             self._db.executemany("DELETE FROM batch WHERE seq = ?", [(r[0],) for r in rows])
         for first, last, messages, readings in _runs(rows):
             self._record(reason, first, last, messages, readings, detail)
+
+
+def seal(body: bytes) -> bytes:
+    """A body as the buffer stores it (compressed: SD cards wear by the byte)."""
+    return zlib.compress(body, _COMPRESS_LEVEL)
 
 
 def shift_timestamps(body: bytes, delta_s: float) -> bytes:

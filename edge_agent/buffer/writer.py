@@ -20,7 +20,7 @@ from edge_agent.clock import STEP_THRESHOLD_S, ClockMonitor
 from edge_agent.drivers.base import Sample
 from edge_agent.telemetry.contract import BodyBuilder, DeviceEvent, MessageBody
 
-from .store import BufferStore, StoreError
+from .store import BufferStore, StoreError, seal
 
 __all__ = ["BufferWriter", "QueueItem"]
 
@@ -55,7 +55,7 @@ class BufferWriter:
         self._max_hold_s = max_hold_s
         self._untrusted_since: float | None = None
         self._builder = BodyBuilder(max_readings=max_message_readings,
-                                    offset=self._clock.offset)
+                                    offset=self._clock.offset, seal=seal)
         self._window_trusted = self._clock.trusted
         self._on_commit = on_commit
         self.accepted_readings = 0
@@ -145,7 +145,7 @@ class BufferWriter:
 
     def _store_bodies(self, bodies: list[MessageBody], tag: _ClockTag) -> None:
         self._store.append([(b.readings, b.body, b.kind) for b in bodies], created=time.time(),
-                           clock_offset=tag.held_offset)
+                           clock_offset=tag.held_offset, sealed=True)
         if tag.correct_with is not None:
             fixed = self._store.correct_clock(tag.correct_with)
             if fixed:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import calendar
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, NamedTuple, Protocol
@@ -115,10 +115,14 @@ class BodyBuilder:
     telemetry and keep them; an event counts as one reading.
     """
 
-    __slots__ = ("_bodies", "_count", "_events", "_max_readings", "_samples", "offset")
+    __slots__ = ("_bodies", "_count", "_events", "_max_readings", "_samples", "_seal", "offset")
 
-    def __init__(self, *, max_readings: int, offset: float = 0.0) -> None:
+    def __init__(self, *, max_readings: int, offset: float = 0.0,
+                 seal: Callable[[bytes], bytes] | None = None) -> None:
         self._max_readings = max_readings
+        self._seal = seal
+        """Applied to every finished body (the buffer compresses it for storage): a window
+        of encoded readings then waits for its commit in its stored, smaller form."""
         self.offset = offset
         """Added to the items' monotonic timestamps to make them UTC (wall - monotonic)."""
         self._bodies: list[MessageBody] = []
@@ -141,9 +145,9 @@ class BodyBuilder:
         starts empty."""
         bodies: list[MessageBody] = []
         if self._events:
+            body = b'"samples":[],"events":[' + b",".join(self._events) + b"]"
             bodies.append(MessageBody(readings=len(self._events), kind=Kind.EVENTS,
-                                      body=b'"samples":[],"events":['
-                                      + b",".join(self._events) + b"]"))
+                                      body=self._seal(body) if self._seal else body))
             self._events = []
         if self._count:
             self._close()
@@ -154,7 +158,8 @@ class BodyBuilder:
     def _close(self) -> None:
         # The members are encoded without their braces so the envelope can go around them.
         body = b'"samples":[' + b",".join(self._samples) + b"]"
-        self._bodies.append(MessageBody(readings=self._count, body=body))
+        self._bodies.append(MessageBody(readings=self._count,
+                                        body=self._seal(body) if self._seal else body))
         self._samples, self._count = [], 0
 
 
