@@ -147,7 +147,7 @@ def _parse_uplink(cur: Cursor, base: Path, gateway: GatewayConfig | None) -> Upl
         "mqtt_version": _opt(keys, "mqtt_version", "enum", MqttVersion.V5,
                              enum_type=MqttVersion),
         "keepalive_s": _opt(keys, "keepalive_s", "float", 30.0, minimum=5, maximum=3600),
-        "max_inflight": _opt(keys, "max_inflight", "int", 16, minimum=2, maximum=1000),
+        "max_inflight": _opt(keys, "max_inflight", "int", 8, minimum=2, maximum=1000),
         "connect_timeout_s": _opt(keys, "connect_timeout_s", "float", 10.0, minimum=0.1),
         "reconnect_initial_s": _opt(keys, "reconnect_initial_s", "float", 1.0, minimum=0.01),
         "reconnect_max_s": _opt(keys, "reconnect_max_s", "float", 60.0, minimum=0.01),

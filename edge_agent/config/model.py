@@ -88,7 +88,7 @@ class UplinkConfig:
     client_id: str
     mqtt_version: MqttVersion = MqttVersion.V5
     keepalive_s: float = 30.0
-    max_inflight: int = 16
+    max_inflight: int = 8
     connect_timeout_s: float = 10.0
     reconnect_initial_s: float = 1.0
     reconnect_max_s: float = 60.0
