@@ -130,3 +130,33 @@ def test_every_loss_reason_is_in_the_ledger_schema() -> None:
     schema = json.loads((DOCS / "ledger-v1.schema.json").read_text())
     entry = schema["properties"]["entries"]["items"]
     assert set(entry["properties"]["reason"]["enum"]) == {r.value for r in LossReason}
+
+
+async def test_the_ledger_tells_the_position_on_connect_and_periodically(
+        broker: MosquittoBroker, watcher: Callable[..., Watcher],
+        make_config: Callable[..., AgentConfig], docs_of: DocsOf, explained: Seqs) -> None:
+    """A ledger message goes out on every connect and every ledger_interval_s even with
+    nothing lost, carrying last_seq and oldest_buffered: every number below
+    oldest_buffered (up to last_seq) is then delivered or explained (docs/telemetry.md)."""
+    schema = json.loads((DOCS / "ledger-v1.schema.json").read_text())
+    config = make_config()
+    config = dataclasses.replace(config, uplink=dataclasses.replace(config.uplink,
+                                                                    ledger_interval_s=1.0))
+    seen = watcher(broker, f"{BASE}/#")
+    async with Agent(config):
+        messages = await seen.wait_until_async(
+            lambda ms: len(docs_of(ms, "ledger")) >= 3, what="three ledger messages")
+        ledgers = docs_of(messages, "ledger")
+        for ledger in ledgers:
+            jsonschema.validate(ledger, schema)
+        assert all(ledger["entries"] == [] for ledger in ledgers)  # nothing was lost
+        latest = ledgers[-1]
+        resolved = (latest["last_seq"] if latest["oldest_buffered"] is None
+                    else latest["oldest_buffered"] - 1)
+        assert resolved >= 1 and [d["last_seq"] for d in ledgers] == sorted(
+            d["last_seq"] for d in ledgers)
+        # Everything below the buffer's oldest number arrives (some may still be on their
+        # way from the broker when the ledger message is read).
+        await seen.wait_until_async(
+            lambda ms: set(range(1, resolved + 1)) <= explained(ms),
+            what=f"sequence numbers 1..{resolved}")

@@ -416,6 +416,11 @@ class BufferStore:
             self._record(LossReason.REJECTED_BY_BROKER, first, last, messages, readings,
                          detail)
 
+    def oldest_seq(self) -> int | None:
+        """The lowest sequence number still stored (``None``: the buffer is empty)."""
+        row = self._db.execute("SELECT min(seq) FROM batch").fetchone()
+        return None if row[0] is None else int(row[0])
+
     def full(self) -> bool:
         """True while a limit leaves no room for new batches (used by ``block``)."""
         room, _ = self._limits()

@@ -124,7 +124,8 @@ def _parse_uplink(cur: Cursor, base: Path, gateway: GatewayConfig | None) -> Upl
         optional={"port", "security", "tls", "client_id", "mqtt_version", "keepalive_s",
                   "max_inflight", "connect_timeout_s", "reconnect_initial_s",
                   "reconnect_max_s", "shutdown_grace_s", "username", "password",
-                  "max_message_bytes", "coalesce", "drain", "historical_after_s"})
+                  "max_message_bytes", "coalesce", "drain", "historical_after_s",
+                  "ledger_interval_s"})
     if keys is None:
         return None
     security = _opt(keys, "security", "enum", Security.TLS, enum_type=Security)
@@ -159,6 +160,7 @@ def _parse_uplink(cur: Cursor, base: Path, gateway: GatewayConfig | None) -> Upl
         "coalesce": _opt(keys, "coalesce", "bool", True),
         "drain": _opt(keys, "drain", "enum", DrainOrder.OLDEST_FIRST, enum_type=DrainOrder),
         "historical_after_s": _opt(keys, "historical_after_s", "float", 10.0, minimum=0),
+        "ledger_interval_s": _opt(keys, "ledger_interval_s", "float", 300.0, minimum=1),
     }
     if MISSING in values.values() or security is MISSING or (
             security is Security.TLS and tls is None):

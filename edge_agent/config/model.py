@@ -106,6 +106,9 @@ class UplinkConfig:
     historical_after_s: float = 10.0
     """A message whose readings were committed longer ago than this is flagged
     ``historical`` (backlog, not live data)."""
+    ledger_interval_s: float = 300.0
+    """A ledger message goes out on every connect and at least this often, with the
+    sequence position, so the platform can tell "not arrived yet" from "lost"."""
 
 
 class OverflowPolicy(StrEnum):

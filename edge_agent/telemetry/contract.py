@@ -242,8 +242,9 @@ def topics(prefix: str, site: str, gateway: str) -> Topics:
 
 
 def ledger_payload(*, gateway: str, site: str, entries: Sequence[Any],
-                   totals: dict[str, int]) -> bytes:
-    """Loss-ledger message: sequence ranges that will never be sent, and why.
+                   totals: dict[str, int], last_seq: int, oldest_buffered: int | None) -> bytes:
+    """Loss-ledger message: sequence ranges that will never be sent, and why, with the
+    gateway's position: the highest number assigned and the lowest still buffered.
 
     ``entries`` are :class:`edge_agent.buffer.store.LedgerEntry` values (duck-typed here so
     the contract does not depend on the buffer)."""
@@ -254,4 +255,6 @@ def ledger_payload(*, gateway: str, site: str, entries: Sequence[Any],
                      "messages": e.messages, "readings": e.readings, "detail": e.detail}
                     for e in entries],
         "totals": totals,
+        "last_seq": last_seq,
+        "oldest_buffered": oldest_buffered,
     })

@@ -26,7 +26,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from edge_agent.buffer.store import BufferStore, StoredBatch
+from edge_agent.buffer.store import BufferStore, LedgerEntry, StoredBatch
 from edge_agent.config.model import DrainOrder, UplinkConfig
 from edge_agent.telemetry.contract import (
     ENVELOPE_OVERHEAD,
@@ -279,6 +279,7 @@ class Forwarder:
         self._ledger_sending = False
         closed = asyncio.ensure_future(conn.wait_closed())
         last_flush = time.monotonic()
+        next_ledger = last_flush  # one on every connect, then at least every interval
 
         def next_messages(count: int) -> list[list[StoredBatch]]:
             # A batch per message while the window has room; the last free slot takes
@@ -302,8 +303,9 @@ class Forwarder:
                     await self._flush_acks()
                     last_flush = now
                 self._wake.clear()
-                if self._store.unreported and not self._ledger_sending:
+                if not self._ledger_sending and (self._store.unreported or now >= next_ledger):
                     await self._send_ledger(conn)
+                    next_ledger = now + self._config.ledger_interval_s
                 messages: list[list[StoredBatch]] = []
                 free = limit - len(inflight) - self._settled
                 if free > 0:
@@ -315,9 +317,11 @@ class Forwarder:
                         continue
                     if not inflight:
                         self._idle.set()
-                    # Sleep until a commit, an acknowledgement or the end of the connection.
+                    # Sleep until a commit, an acknowledgement, the end of the connection
+                    # or the next ledger message.
                     waiter = asyncio.ensure_future(self._wake.wait())
-                    await asyncio.wait((closed, waiter), return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait((closed, waiter), return_when=asyncio.FIRST_COMPLETED,
+                                       timeout=max(0.0, next_ledger - time.monotonic()))
                     waiter.cancel()
                     if closed.done():
                         closed.result()
@@ -343,20 +347,22 @@ class Forwarder:
                 future.cancel()
 
     async def _send_ledger(self, conn: Connection) -> None:
-        """Report what the buffer gave up (sequence ranges and reasons) to the platform;
-        entries are marked reported only after the broker's PUBACK."""
+        """Report what the buffer gave up (sequence ranges and reasons) and where the
+        sequence stands to the platform; entries are marked reported only after the
+        broker's PUBACK."""
         loop = asyncio.get_running_loop()
-        entries = await loop.run_in_executor(self._executor, self._store.unreported_ledger)
-        if not entries:
-            return
-        totals = await loop.run_in_executor(self._executor, self._store.ledger_totals)
-        payload = ledger_payload(gateway=self._gateway, site=self._site, entries=entries,
-                                 totals=totals)
+        entries, totals, last, oldest = await loop.run_in_executor(self._executor,
+                                                                   self._ledger_state)
+
+        def payload_of(entries: list[LedgerEntry]) -> bytes:
+            return ledger_payload(gateway=self._gateway, site=self._site, entries=entries,
+                                  totals=totals, last_seq=last, oldest_buffered=oldest)
+
+        payload = payload_of(entries)
         max_payload = conn.limits.max_payload(self._topics.ledger)
         while max_payload is not None and len(payload) > max_payload and len(entries) > 1:
             entries = entries[:len(entries) // 2]  # the rest go in the next ledger messages
-            payload = ledger_payload(gateway=self._gateway, site=self._site, entries=entries,
-                                     totals=totals)
+            payload = payload_of(entries)
         future = conn.publish(self._topics.ledger, payload)
         self._ledger_sending = True
         ids = [e.id for e in entries]
@@ -368,6 +374,11 @@ class Forwarder:
             self._wake.set()
 
         future.add_done_callback(done)
+
+    def _ledger_state(self) -> tuple[list[LedgerEntry], dict[str, int], int, int | None]:
+        """On the store's thread: one consistent view for a ledger message."""
+        return (self._store.unreported_ledger(), self._store.ledger_totals(),
+                self._store.last_seq, self._store.oldest_seq())
 
     def _on_done(self, future: asyncio.Future[None], *, batches: list[StoredBatch],
                  inflight: set[asyncio.Future[None]]) -> None:
