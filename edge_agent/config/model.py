@@ -96,9 +96,10 @@ class UplinkConfig:
     username: str | None = None
     password: str | None = None
     max_message_bytes: int = 128 * 1024
-    """Largest telemetry payload. Under a backlog several stored batches go out in one
-    message up to this size (fewer, larger messages when the broker is slow); the broker's
-    own maximum packet size (MQTT 5 CONNACK) lowers it further."""
+    """Under a backlog several stored batches go out in one message up to this payload size
+    (fewer, larger messages when the broker is slow); a single batch goes alone even when
+    larger. The broker's maximum packet size (MQTT 5 CONNACK) lowers it further and is the
+    only hard limit."""
     coalesce: bool = True
     """``False``: one stored batch per message, always (for consumers that predate the
     ``batches`` form of the contract)."""
