@@ -527,9 +527,8 @@ class BufferStore:
             candidates = self._db.execute(
                 "SELECT seq, readings, length(body) FROM batch ORDER BY kind, seq LIMIT ?",
                 (_EVICT_CHUNK,)).fetchall()
-            if len(candidates) <= len(self.in_flight) and all(
-                    c[0] in self.in_flight for c in candidates):
-                return
+            if all(c[0] in self.in_flight for c in candidates):
+                return  # nothing stored, or only batches that may be delivered already
             # Only as many as cover the deficit: events must not go along with telemetry.
             rows: list[tuple[int, int]] = []
             freed = 0

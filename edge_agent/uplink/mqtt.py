@@ -640,16 +640,6 @@ class MqttConnection:
                 )
             )
             return
-        if getattr(properties, "MaximumQoS", 1) == 0:
-            # Publishing QoS 1 now would be a protocol error, and QoS 0 cannot tell what
-            # reached the broker: keep everything buffered and say why.
-            connack.set_exception(
-                UplinkRefused(
-                    f"broker {self._endpoint} accepts QoS 0 only (CONNACK Maximum QoS 0); "
-                    "the agent needs QoS 1 for at-least-once delivery"
-                )
-            )
-            return
         # paho does not apply these itself (it cannot change its window once connected):
         # publish() and the forwarder's window do.
         self.limits = BrokerLimits.from_connack(properties)
